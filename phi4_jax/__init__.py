@@ -1,0 +1,1 @@
+"""phi4-jax: the Phi-4 training recipe in JAX."""

@@ -1,0 +1,123 @@
+"""Grouped-query attention with causal + segment masking, KV cache and a kernel switch."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from phi4_jax.model.config import ModelConfig
+from phi4_jax.model.layers import param
+from phi4_jax.model.rope import apply_rope
+from phi4_jax.sharding import axes as ax
+
+_NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+class LayerCache(NamedTuple):
+    """One layer's KV cache: k and v [B, S, K, H]; slot s holds position s of the row."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def resolve_impl(config: ModelConfig) -> str:
+    """'auto' picks splash on TPU, cuDNN on GPU (bf16/fp16 only) and XLA elsewhere."""
+    if config.attention != "auto":
+        return config.attention
+    platform = jax.default_backend()
+    if platform == "tpu":
+        return "splash"
+    if platform == "gpu" and config.dtype in ("bfloat16", "float16"):
+        return "cudnn"
+    return "xla"
+
+
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Reference attention. q [B,T,N,H], k/v [B,S,K,H], mask [B,T,S] (True = attend)."""
+    b, t, n, h = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, n // kv_heads, h)
+    scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (h ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, n, h).astype(q.dtype)
+
+
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """jax.nn.dot_product_attention (cuDNN fused kernel on GPU); same contract as XLA's."""
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, :, :], implementation="cudnn")
+
+
+def make_mask(q_index: jax.Array, kv_index: jax.Array, q_segments: jax.Array,
+              kv_segments: jax.Array) -> jax.Array:
+    """[B, T, S] mask: causal by slot index within a row, and same segment only."""
+    causal = kv_index[:, None, :] <= q_index[:, :, None]
+    same_doc = q_segments[:, :, None] == kv_segments[:, None, :]
+    return causal & same_doc
+
+
+class Attention(nnx.Module):
+    """GQA: q [D,N,H], k/v [D,K,H], o [N,H,D]; RoPE on q and k; no biases (as Phi-3/Phi-4)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, n, k, h = config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim
+        std, pdt = config.init_std, config.weight_dtype
+        self.config = config
+        self.q = param(rngs, (d, n, h), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), std=std, dtype=pdt)
+        self.k = param(rngs, (d, k, h), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), std=std, dtype=pdt)
+        self.v = param(rngs, (d, k, h), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), std=std, dtype=pdt)
+        self.o = param(rngs, (n, h, d), (ax.HEADS, ax.HEAD_DIM, ax.EMBED), std=std, dtype=pdt)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                 cache: LayerCache | None = None, cache_slots: jax.Array | None = None
+                 ) -> tuple[jax.Array, LayerCache | None]:
+        """x [B,T,D]; positions/segment_ids [B,T].
+
+        Without a cache: causal + segment-masked self-attention over the T tokens.
+        With a cache: the T new keys/values are written at `cache_slots` [B,T] (slot == position)
+        and the queries attend to every slot at or before their own.
+        """
+        cfg = self.config
+        dt = cfg.compute_dtype
+        q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))
+        k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))
+        v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dt))
+        q = ax.constrain(apply_rope(q, positions, cfg.rope_theta),
+                         (ax.BATCH, ax.SEQ, ax.HEADS, ax.HEAD_DIM))
+        k = ax.constrain(apply_rope(k, positions, cfg.rope_theta),
+                         (ax.BATCH, ax.SEQ, ax.KV_HEADS, ax.HEAD_DIM))
+        v = ax.constrain(v, (ax.BATCH, ax.SEQ, ax.KV_HEADS, ax.HEAD_DIM))
+        q = checkpoint_name(q, "query_proj")
+        k = checkpoint_name(k, "key_proj")
+        v = checkpoint_name(v, "value_proj")
+
+        if cache is None:
+            impl = resolve_impl(cfg)
+            if impl == "splash":
+                from phi4_jax.model.splash import splash_attention
+
+                out = splash_attention(q, k, v, segment_ids)
+            else:
+                index = jnp.broadcast_to(jnp.arange(x.shape[1]), segment_ids.shape)
+                mask = make_mask(index, index, segment_ids, segment_ids)
+                out = (cudnn_attention if impl == "cudnn" else xla_attention)(q, k, v, mask)
+            new_cache = None
+        else:
+            rows = jnp.arange(x.shape[0])[:, None]
+            new_cache = LayerCache(cache.k.at[rows, cache_slots].set(k.astype(cache.k.dtype)),
+                                   cache.v.at[rows, cache_slots].set(v.astype(cache.v.dtype)))
+            slots = jnp.broadcast_to(jnp.arange(cache.k.shape[1]), (x.shape[0], cache.k.shape[1]))
+            ones_q = jnp.ones_like(cache_slots)
+            mask = make_mask(cache_slots, slots, ones_q, jnp.ones_like(slots))
+            out = xla_attention(q, new_cache.k.astype(dt), new_cache.v.astype(dt), mask)
+
+        out = ax.constrain(out, (ax.BATCH, ax.SEQ, ax.HEADS, ax.HEAD_DIM))
+        out = checkpoint_name(out, "attn_context")
+        y = jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt))
+        return y, new_cache

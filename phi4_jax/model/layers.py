@@ -1,0 +1,70 @@
+"""Basic layers: parameters with logical axes, RMSNorm (fp32), embedding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from phi4_jax.sharding import axes as ax
+
+
+def param(rngs: nnx.Rngs, shape: Sequence[int], logical: Sequence[str | None], *, std: float | None,
+          dtype: jnp.dtype, fan_in_axes: Sequence[int] = (0,)) -> nnx.Param:
+    """A parameter carrying logical axis names (never mesh axes).
+
+    `std=None` means ones (norm scales); otherwise a truncated normal. A `std` of 0 asks for the
+    fan-in default 1/sqrt(fan_in) computed over `fan_in_axes`.
+    """
+    logical = ax.check(logical)
+    if len(logical) != len(shape):
+        raise ValueError(f"shape {tuple(shape)} annotated with {len(logical)} axes {logical}")
+    if std is None:
+        value = jnp.ones(shape, dtype)
+    else:
+        if std == 0:
+            fan_in = 1
+            for a in fan_in_axes:
+                fan_in *= shape[a]
+            std = fan_in ** -0.5
+        value = std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, jnp.float32)
+        value = value.astype(dtype)
+    # Logical names live in `out_sharding`; sharding is applied once, by jit, in the train loop,
+    # so the variable must not try to shard itself on creation.
+    return nnx.Param(value, out_sharding=logical, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm computed in float32, output in the compute dtype."""
+
+    def __init__(self, dim: int, *, eps: float, dtype: jnp.dtype, param_dtype: jnp.dtype,
+                 rngs: nnx.Rngs):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = param(rngs, (dim,), (ax.EMBED,), std=None, dtype=param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    """Token embedding [V, D]; `attend` gives logits against the same table (tied head)."""
+
+    def __init__(self, vocab: int, dim: int, *, std: float, dtype: jnp.dtype,
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.embedding = param(rngs, (vocab, dim), (ax.VOCAB, ax.EMBED), std=std,
+                               dtype=param_dtype)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        table = self.embedding[...]
+        return jnp.take(table, tokens, axis=0).astype(self.dtype)  # [B, T, D]
+
+    def attend(self, h: jax.Array) -> jax.Array:
+        table = self.embedding[...].astype(self.dtype)
+        return jnp.einsum("BTD,VD->BTV", h, table, preferred_element_type=jnp.float32)

