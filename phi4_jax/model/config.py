@@ -137,6 +137,9 @@ def to_hf_config(config: ModelConfig, architecture: str = "Phi3ForCausalLM") -> 
         raise ValueError(f"unsupported architecture {architecture!r}; supported: "
                          f"{SUPPORTED_HF_ARCHITECTURES}")
     out: dict[str, Any] = {hf: getattr(config, ours) for ours, hf in HF_KEYS.items()}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # ids a shrunken vocab lacks
+        if out[key] is not None and not 0 <= out[key] < config.vocab_size:
+            out[key] = None
     model_type = {"Phi3ForCausalLM": "phi3", "LlamaForCausalLM": "llama",
                   "MistralForCausalLM": "mistral"}[architecture]
     out.update(architectures=[architecture], model_type=model_type, hidden_act="silu",
