@@ -14,8 +14,8 @@ presets = PRESETS
 
 
 def init_model(config: ModelConfig, seed: int = 0) -> Transformer:
-    """Builds a Transformer with freshly initialized parameters."""
-    return Transformer(config, rngs=nnx.Rngs(seed))
+    """Builds a Transformer with freshly initialized parameters (one compiled program)."""
+    return nnx.jit(lambda: Transformer(config, rngs=nnx.Rngs(seed)))()
 
 
 def abstract_model(config: ModelConfig) -> Transformer:
