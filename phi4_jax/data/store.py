@@ -1,0 +1,246 @@
+"""Token stores: one directory per source, written once by `prepare`, memory-mapped by readers.
+
+Layout of a store directory:
+
+    manifest.json   written last: its presence means the store is complete (see Manifest)
+    tokens.bin      all documents' token ids back to back, uint32 little-endian
+    offsets.npy     int64 [num_documents + 1]: document d is tokens[offsets[d]:offsets[d + 1]]
+    loss_mask.bin   optional uint8 per token (chat/SFT sources): 1 where the token is a target
+    report.json/.txt  the bad-input report of the prepare run (when written by prepare)
+
+The content fingerprint is the sha256 of the format version, tokenizer id, token bytes, offsets
+bytes and loss-mask bytes. Iterator checkpoints record it, so a resumed run fails loudly when a
+store changed under it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from phi4_jax.data.tokenizer import TOKENIZER_ID
+
+FORMAT_VERSION = 1
+MANIFEST, TOKENS, OFFSETS, LOSS_MASK = "manifest.json", "tokens.bin", "offsets.npy", "loss_mask.bin"
+
+
+class StoreError(RuntimeError):
+    """A token store is missing, incomplete or inconsistent; the message names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    source_name: str
+    num_documents: int
+    num_tokens: int  # "unique tokens" of the source: one epoch
+    tokenizer_id: str
+    fingerprint: str
+    has_loss_mask: bool
+    format_version: int = FORMAT_VERSION
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_file(cls, path: str) -> Manifest:
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+            return cls(**raw)
+        except FileNotFoundError as e:
+            raise StoreError(f"{path}: missing; not a token store, or its prepare job has not "
+                             "finished (rerun it: completed shards are kept)") from e
+        except (json.JSONDecodeError, TypeError) as e:
+            raise StoreError(f"{path}: unreadable manifest ({e})") from e
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Writes `data` to `path` via a temporary file and an atomic rename."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class StoreWriter:
+    """Streams documents into a new store; `finish()` renames the files into place, manifest last.
+
+    A crash before `finish` leaves no manifest, so readers refuse the partial store.
+    """
+
+    def __init__(self, path: str, source_name: str, *, with_loss_mask: bool = False):
+        self.path, self.source_name, self.with_loss_mask = path, source_name, with_loss_mask
+        os.makedirs(path, exist_ok=True)
+        if os.path.exists(os.path.join(path, MANIFEST)):
+            os.remove(os.path.join(path, MANIFEST))  # invalidate before overwriting the data
+        self._suffix = f".tmp-{uuid.uuid4().hex[:8]}"
+        self._tokens = open(os.path.join(path, TOKENS + self._suffix), "wb")  # noqa: SIM115
+        self._mask = (open(os.path.join(path, LOSS_MASK + self._suffix), "wb")  # noqa: SIM115
+                      if with_loss_mask else None)
+        self._lengths: list[np.ndarray] = []
+        self._hash = hashlib.sha256(f"{FORMAT_VERSION}:{TOKENIZER_ID}".encode())
+        self._mask_hash = hashlib.sha256()
+        self.num_tokens = 0
+
+    def append(self, tokens: np.ndarray, doc_lengths: np.ndarray,
+               loss_mask: np.ndarray | None = None) -> None:
+        """Appends documents given as their concatenated tokens and per-document lengths."""
+        tokens = np.ascontiguousarray(tokens, dtype="<u4")
+        doc_lengths = np.asarray(doc_lengths, np.int64)
+        if int(doc_lengths.sum()) != tokens.size or (doc_lengths <= 0).any():
+            raise StoreError(f"{self.path}: document lengths must be positive and sum to the "
+                             f"number of tokens ({int(doc_lengths.sum())} != {tokens.size})")
+        if (loss_mask is None) == self.with_loss_mask:
+            raise StoreError(f"{self.path}: loss_mask must be given iff with_loss_mask")
+        buf = tokens.tobytes()
+        self._tokens.write(buf)
+        self._hash.update(buf)
+        if loss_mask is not None:
+            mask = np.ascontiguousarray(loss_mask, dtype=np.uint8)
+            if mask.size != tokens.size:
+                raise StoreError(f"{self.path}: loss_mask has {mask.size} entries for "
+                                 f"{tokens.size} tokens")
+            self._mask.write(mask.tobytes())
+            self._mask_hash.update(mask.tobytes())
+        self._lengths.append(doc_lengths)
+        self.num_tokens += tokens.size
+
+    def finish(self, info: dict[str, Any] | None = None) -> Manifest:
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self._hash.update(offsets.astype("<i8").tobytes())
+        self._hash.update(self._mask_hash.digest() if self.with_loss_mask else b"")
+        for f in (self._tokens, self._mask):
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        os.replace(os.path.join(self.path, TOKENS + self._suffix), os.path.join(self.path, TOKENS))
+        if self.with_loss_mask:
+            os.replace(os.path.join(self.path, LOSS_MASK + self._suffix),
+                       os.path.join(self.path, LOSS_MASK))
+        tmp = os.path.join(self.path, f"offsets{self._suffix}.npy")
+        np.save(tmp, offsets)
+        os.replace(tmp, os.path.join(self.path, OFFSETS))
+        manifest = Manifest(source_name=self.source_name, num_documents=int(lengths.size),
+                            num_tokens=int(self.num_tokens), tokenizer_id=TOKENIZER_ID,
+                            fingerprint=self._hash.hexdigest(),
+                            has_loss_mask=self.with_loss_mask, info=dict(info or {}))
+        atomic_write_bytes(os.path.join(self.path, MANIFEST), manifest.to_json().encode())
+        return manifest
+
+
+def write_store(path: str, source_name: str, documents: Iterable[np.ndarray], *,
+                loss_masks: Iterable[np.ndarray] | None = None,
+                info: dict[str, Any] | None = None, chunk_tokens: int = 1 << 22) -> Manifest:
+    """Writes a store from an iterable of token arrays (one per document)."""
+    writer = StoreWriter(path, source_name, with_loss_mask=loss_masks is not None)
+    masks = iter(loss_masks) if loss_masks is not None else None
+    pending: list[np.ndarray] = []
+    pending_masks: list[np.ndarray] = []
+    size = 0
+
+    def flush():
+        nonlocal size
+        if pending:
+            writer.append(np.concatenate(pending), np.array([len(p) for p in pending]),
+                          np.concatenate(pending_masks) if masks is not None else None)
+        pending.clear()
+        pending_masks.clear()
+        size = 0
+
+    for doc in documents:
+        pending.append(np.asarray(doc))
+        if masks is not None:
+            pending_masks.append(np.asarray(next(masks)))
+        size += len(doc)
+        if size >= chunk_tokens:
+            flush()
+    flush()
+    return writer.finish(info)
+
+
+class TokenStore:
+    """Read-only view of a store: memory-mapped tokens, offsets and optional loss mask."""
+
+    def __init__(self, path: str, *, verify: bool = False):
+        self.path = path
+        self.manifest = Manifest.from_file(os.path.join(path, MANIFEST))
+        m = self.manifest
+        if m.format_version != FORMAT_VERSION:
+            raise StoreError(f"{path}: store format {m.format_version}, this code reads "
+                             f"{FORMAT_VERSION}")
+        if m.tokenizer_id != TOKENIZER_ID:
+            raise StoreError(f"{path}: tokenized with {m.tokenizer_id!r}, this code uses "
+                             f"{TOKENIZER_ID!r}; re-run prepare")
+        self.tokens = self._map(TOKENS, np.dtype("<u4"), m.num_tokens)
+        self.loss_mask = self._map(LOSS_MASK, np.dtype(np.uint8), m.num_tokens) \
+            if m.has_loss_mask else None
+        offsets_path = os.path.join(path, OFFSETS)
+        try:
+            self.offsets = np.load(offsets_path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{offsets_path}: unreadable ({e})") from e
+        if (self.offsets.shape != (m.num_documents + 1,) or self.offsets.dtype != np.int64
+                or self.offsets[0] != 0 or self.offsets[-1] != m.num_tokens):
+            raise StoreError(f"{offsets_path}: shape {self.offsets.shape} / bounds do not match "
+                             f"the manifest ({m.num_documents} documents, {m.num_tokens} tokens)")
+        if verify and self.compute_fingerprint() != m.fingerprint:
+            raise StoreError(f"{path}: content does not match the manifest fingerprint")
+
+    def _map(self, name: str, dtype: np.dtype, count: int) -> np.ndarray:
+        file = os.path.join(self.path, name)
+        try:
+            size = os.path.getsize(file)
+        except OSError as e:
+            raise StoreError(f"{file}: missing ({e})") from e
+        if size != count * dtype.itemsize:
+            raise StoreError(f"{file}: {size} bytes, the manifest says {count} x "
+                             f"{dtype.itemsize} bytes")
+        if count == 0:
+            return np.zeros(0, dtype)
+        return np.memmap(file, dtype=dtype, mode="r", shape=(count,))
+
+    @property
+    def name(self) -> str:
+        return self.manifest.source_name
+
+    @property
+    def num_documents(self) -> int:
+        return self.manifest.num_documents
+
+    @property
+    def num_tokens(self) -> int:
+        return self.manifest.num_tokens
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest.fingerprint
+
+    def doc_lengths(self) -> np.ndarray:
+        return np.diff(np.asarray(self.offsets))
+
+    def document(self, index: int) -> np.ndarray:
+        return np.asarray(self.tokens[self.offsets[index]:self.offsets[index + 1]])
+
+    def compute_fingerprint(self, chunk: int = 1 << 24) -> str:
+        h = hashlib.sha256(f"{FORMAT_VERSION}:{TOKENIZER_ID}".encode())
+        for start in range(0, self.num_tokens, chunk):
+            h.update(np.asarray(self.tokens[start:start + chunk]).tobytes())
+        h.update(np.asarray(self.offsets).astype("<i8").tobytes())
+        if self.loss_mask is not None:
+            mh = hashlib.sha256()
+            for start in range(0, self.num_tokens, chunk):
+                mh.update(np.asarray(self.loss_mask[start:start + chunk]).tobytes())
+            h.update(mh.digest())
+        return h.hexdigest()
