@@ -1,0 +1,111 @@
+"""The one adapter between post-training data tools and the model: `Sampler` and `ModelSampler`.
+
+PTS, refusal data and the in-process judge only see the `Sampler` protocol, so the algorithms
+are testable with scripted samplers. `ModelSampler` implements it over
+`phi4_jax.model.decode.generate` (KV cache, batched across prefixes, compiled per shape bucket)
+and a tokenizer with `encode` / `decode` / `render_chat` (e.g. `GGUFTokenizer`).
+
+Determinism: rollout j of prefix P is drawn with row id hash(P, j) under the sampler's seed,
+so the same prefix gets the same rollouts whatever else shares its batch (decode.py's
+contract, up to last-bit differences between padded shapes) -- a resumed run resamples alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """Sampled continuation: token ids (stop token included), their log-probs, and whether a
+    stop token ended it (False: it hit max_new_tokens)."""
+
+    tokens: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    stopped: bool
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """What the data tools need from a policy model and its tokenizer."""
+
+    tokenizer_name: str
+
+    def sample(self, prefixes: Sequence[Sequence[int]], n: int) -> list[list[Rollout]]:
+        """n rollouts for each prefix (token ids), deterministic per (prefix, j)."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of generated ids, special tokens (the stop token) dropped."""
+        ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of plain text (no special tokens added)."""
+        ...
+
+    def render(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of a chat prompt ending where the assistant's reply begins."""
+        ...
+
+
+def row_id(prefix: Sequence[int], j: int) -> int:
+    """A stable 31-bit identity for rollout j of `prefix` (the decode loop's per-row key)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(len(prefix).to_bytes(4, "little"))
+    h.update(b"".join(int(t).to_bytes(4, "little") for t in prefix))
+    h.update(int(j).to_bytes(4, "little"))
+    return int.from_bytes(h.digest(), "little") & 0x7FFFFFFF
+
+
+class ModelSampler:
+    """`Sampler` over a `Transformer` and a tokenizer, through `decode.generate`.
+
+    sampling: a `SamplingConfig` (default temperature 1.0: PTS estimates p under the policy).
+    stop_tokens: default the tokenizer's eos. batch_rows: rows per `generate` call.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 64,
+                 sampling: Any = None, stop_tokens: Sequence[int] | None = None,
+                 batch_rows: int = 64, seed: int = 0, tokenizer_name: str | None = None):
+        from phi4_jax.model.sampling import SamplingConfig
+
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens, self.batch_rows, self.seed = max_new_tokens, batch_rows, seed
+        self.sampling = sampling if sampling is not None else SamplingConfig(temperature=1.0)
+        eos = getattr(tokenizer, "eos_id", None)
+        self.stop_tokens = tuple(stop_tokens) if stop_tokens is not None else (
+            (eos,) if eos is not None else ())
+        self.tokenizer_name = tokenizer_name or type(tokenizer).__name__
+
+    def sample(self, prefixes: Sequence[Sequence[int]], n: int) -> list[list[Rollout]]:
+        import jax
+        import numpy as np
+
+        from phi4_jax.model.decode import generate
+
+        rows = [(i, list(p), row_id(p, j)) for i, p in enumerate(prefixes) for j in range(n)]
+        out: list[list[Rollout]] = [[] for _ in prefixes]
+        for start in range(0, len(rows), self.batch_rows):
+            chunk = rows[start:start + self.batch_rows]
+            gen = generate(self.model, [r[1] for r in chunk], max_new_tokens=self.max_new_tokens,
+                           sampling=self.sampling, key=jax.random.key(self.seed),
+                           stop_tokens=self.stop_tokens, row_ids=[r[2] for r in chunk])
+            tokens, logprobs = np.asarray(gen.tokens), np.asarray(gen.logprobs)
+            lengths, stopped = np.asarray(gen.lengths), np.asarray(gen.stopped)
+            for k, (i, _, _) in enumerate(chunk):
+                m = int(lengths[k])
+                out[i].append(Rollout(tuple(int(t) for t in tokens[k, :m]),
+                                      tuple(float(x) for x in logprobs[k, :m]), bool(stopped[k])))
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special=True)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def render(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        return self.encode(self.tokenizer.render_chat(list(messages), add_generation_prompt=True))
