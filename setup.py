@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
     "safetensors>=0.4",
     "absl-py>=2.1",
+    "etils>=1.5",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
     "apache-beam>=2.60,<3",

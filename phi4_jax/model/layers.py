@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -62,9 +63,38 @@ class Embed(nnx.Module):
                                dtype=param_dtype)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        table = self.embedding[...]
-        return jnp.take(table, tokens, axis=0).astype(self.dtype)  # [B, T, D]
+        table = self.embedding[...].astype(self.dtype)
+        x = jnp.take(table, tokens, axis=0)  # [B, T, D]
+        # Look every row's tokens up in the local slice of the embed dimension first: the
+        # table's gradient is then a scatter into that slice, never a full [V, D] partial sum
+        # per device. The caller moves the result to the batch-sharded layout.
+        return ax.constrain(x, (None, ax.SEQ, ax.EMBED))
 
     def attend(self, h: jax.Array) -> jax.Array:
-        table = self.embedding[...].astype(self.dtype)
-        return jnp.einsum("BTD,VD->BTV", h, table, preferred_element_type=jnp.float32)
+        return project_to_vocab(h, self.embedding[...].astype(self.dtype), "BTD,VD->BTV")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project_to_vocab(h: jax.Array, w: jax.Array, spec: str) -> jax.Array:
+    """float32 logits = einsum(spec, h, w), accumulated in float32.
+
+    The backward pass casts the logits' cotangent to the compute dtype first, so the weight
+    gradient is a compute-dtype [D, V] matrix (accumulated in float32 inside the matmul) rather
+    than a float32 one: for Phi-4 that is 1 GB instead of 2 GB per device before FSDP's
+    reduce-scatter. In float32 compute the two are identical.
+    """
+    return jnp.einsum(spec, h, w, preferred_element_type=jnp.float32)
+
+
+def _project_fwd(h, w, spec):
+    return project_to_vocab(h, w, spec), (h, w)
+
+
+def _project_bwd(spec, residuals, g):
+    h, w = residuals
+    g = g.astype(h.dtype)
+    _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h, w)
+    return vjp(g)
+
+
+project_to_vocab.defvjp(_project_fwd, _project_bwd)

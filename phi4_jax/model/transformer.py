@@ -11,7 +11,7 @@ from flax import nnx
 from phi4_jax.model.attention import LayerCache
 from phi4_jax.model.block import Block, remat_policy
 from phi4_jax.model.config import ModelConfig
-from phi4_jax.model.layers import Embed, RMSNorm, param
+from phi4_jax.model.layers import Embed, RMSNorm, param, project_to_vocab
 from phi4_jax.sharding import axes as ax
 
 
@@ -85,7 +85,7 @@ class Transformer(nnx.Module):
             out = self.embed.attend(h)
         else:
             kernel = self.lm_head[...].astype(self.config.compute_dtype)
-            out = jnp.einsum("BTD,DV->BTV", h, kernel, preferred_element_type=jnp.float32)
+            out = project_to_vocab(h, kernel, "BTD,DV->BTV")
         return ax.constrain(out, (ax.BATCH, ax.SEQ, ax.VOCAB))
 
     # -- cached forward (decoding) ------------------------------------------------------------

@@ -1,0 +1,137 @@
+"""Where metrics go: a console progress line, TensorBoard, metrics.jsonl and optionally W&B.
+
+Every step's scalars are appended to WORKDIR/metrics.jsonl (exact float values; a resumed run
+appends the steps it redoes again, the last record of a step wins). Every `log_every` steps the
+console gets one line with rate and ETA and TensorBoard gets all scalars plus the derived
+throughput (tokens/s, step time, model FLOP/s, MFU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def format_count(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}"
+
+
+class MetricLogger:
+    """Throughput bookkeeping and the writers. Only process 0 writes."""
+
+    def __init__(self, workdir: str, *, total_steps: int, tokens_per_step: int,
+                 flops_per_step: float, peak_flops: float | None, log_every: int,
+                 tensorboard: bool = True, wandb_project: str | None = None,
+                 config: Mapping[str, Any] | None = None, writer: bool = True):
+        self.total_steps, self.log_every = total_steps, max(1, log_every)
+        self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+        self.peak_flops = peak_flops
+        self.writer = writer
+        self._mark: tuple[int, float] | None = None
+        self._jsonl = self._tb = self._wandb = None
+        if not writer:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, "metrics.jsonl")
+        torn = os.path.exists(path) and os.path.getsize(path) and not _ends_with_newline(path)
+        self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        if torn:  # a killed run left half a line: end it so the next record stands alone
+            self._jsonl.write("\n")
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        if wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                log.warning("log.wandb=True but wandb is not installed; skipping W&B")
+            else:
+                self._wandb = wandb.init(project=wandb_project, dir=workdir, resume="allow",
+                                         id=_run_id(workdir), config=dict(config or {}))
+
+    def start(self, step: int) -> None:
+        """Marks the start of timed steps (after compilation / restore)."""
+        self._mark = (step, time.perf_counter())
+
+    def record(self, step: int, scalars: Mapping[str, float]) -> dict[str, float] | None:
+        """Records step `step` (the state after it); on log steps adds throughput and writes."""
+        values = dict(scalars)
+        logged = step % self.log_every == 0 or step == self.total_steps
+        if logged:
+            now = time.perf_counter()
+            if self._mark is not None and step > self._mark[0]:
+                step_time = (now - self._mark[1]) / (step - self._mark[0])
+                values["step_time_s"] = step_time
+                values["tokens_per_s"] = self.tokens_per_step / step_time
+                values["model_flops_per_s"] = self.flops_per_step / step_time
+                if self.peak_flops:
+                    values["mfu"] = values["model_flops_per_s"] / self.peak_flops
+            self._mark = (step, now)
+        if not self.writer:
+            return values if logged else None
+        self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        if not logged:
+            return None
+        self._jsonl.flush()
+        print(self.line(step, values), flush=True)
+        if self._tb:
+            for name, value in values.items():
+                self._tb.add_scalar(f"train/{name}", value, step)
+            self._tb.flush()
+        if self._wandb:
+            self._wandb.log({f"train/{k}": v for k, v in values.items()}, step=step)
+        return values
+
+    def line(self, step: int, v: Mapping[str, float]) -> str:
+        parts = [f"step {step:>{len(str(self.total_steps))}}/{self.total_steps} "
+                 f"({100 * step / self.total_steps:4.1f}%)",
+                 f"loss {v['loss']:.4f}", f"lr {v['learning_rate']:.2e}",
+                 f"gnorm {v['grad_norm']:.3f}"]
+        if "step_time_s" in v:
+            parts += [f"{format_count(v['tokens_per_s'])} tok/s", f"{v['step_time_s']:.3f} s/step"]
+            if "mfu" in v:
+                parts.append(f"MFU {100 * v['mfu']:.1f}%")
+            parts.append(f"ETA {format_duration((self.total_steps - step) * v['step_time_s'])}")
+        if v.get("skipped"):
+            parts.append(f"SKIPPED non-finite ({int(v['nonfinite_in_row'])} in a row)")
+        return " | ".join(parts)
+
+    def event(self, message: str) -> None:
+        if self.writer:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        for handle in (self._jsonl, self._tb):
+            if handle:
+                handle.close()
+        if self._wandb:
+            self._wandb.finish()
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _run_id(workdir: str) -> str:
+    """A stable W&B run id per workdir, so a resumed run continues the same W&B run."""
+    name = os.path.abspath(workdir).strip("/").replace("/", "-")
+    return name[-64:] if name else "phi4-jax"

@@ -1,0 +1,86 @@
+"""AdamW with the Phi-4 schedule: linear warm-up, linear decay to a floor, constant decay 0.1.
+
+Schedule (step s counts applied updates, starting at 0):
+
+    s <  W:          lr = peak * s / W
+    W <= s <  E:     lr = peak + (floor - peak) * (s - W) / (E - W)
+    s >= E:          lr = floor                    with floor = peak * min_lr_ratio
+
+where W = warmup_steps and E = decay_end (the run's step count unless set; a run shorter than
+its warm-up simply ends warming up). The paper states
+linear warm-up and linear decay with peak 3e-4; the floor is not stated (we default to 10% of
+the peak).
+
+Weight decay 0.1 is decoupled (AdamW) and constant. Parameters whose path matches any regular
+expression in `decay_exclude` get no decay; the default excludes the RMSNorm scales (`*_norm/`),
+as is usual for gains that multiply, rather than project, the residual stream. Embeddings and
+the LM head are decayed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def schedule(peak_lr: float, warmup_steps: int, decay_end: int,
+             min_lr_ratio: float) -> optax.Schedule:
+    """The piecewise-linear schedule above, as an optax schedule of the update count."""
+    if warmup_steps < 0 or decay_end < 0 or not 0 <= min_lr_ratio <= 1:
+        raise ValueError(f"optimizer.warmup_steps={warmup_steps} and the decay end "
+                         f"{decay_end} must be >= 0, optimizer.min_lr_ratio={min_lr_ratio} in "
+                         "[0, 1]")
+    floor = peak_lr * min_lr_ratio
+    warm = optax.linear_schedule(0.0, peak_lr, max(warmup_steps, 1))
+    decay = optax.linear_schedule(peak_lr, floor, max(decay_end - warmup_steps, 1))
+    if warmup_steps == 0:
+        return decay
+    return optax.join_schedules([warm, decay], [warmup_steps])
+
+
+def decay_mask(params: Any, exclude: Sequence[str]) -> Any:
+    """True where weight decay applies: paths ('blocks/attn/q') matching no `exclude` pattern."""
+    patterns = [re.compile(p) for p in exclude]
+
+    def keep(path, _):
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        return not any(p.search(name) for p in patterns)
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def adamw(lr: optax.Schedule, *, b1: float, b2: float, eps: float, weight_decay: float,
+          exclude: Sequence[str], clip_norm: float | None) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW with the learning rate recorded in the state."""
+    # `mask` is static: inject_hyperparams would otherwise call it as a schedule of the step.
+    inner = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+        learning_rate=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+        mask=lambda params: decay_mask(params, exclude))
+    clip = optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity()
+    return optax.chain(clip, inner)
+
+
+def applied_learning_rate(opt_state: Any) -> jax.Array:
+    """The learning rate the last update used (recorded by inject_hyperparams in the chain)."""
+    for part in opt_state if isinstance(opt_state, tuple) else (opt_state,):
+        hyperparams = getattr(part, "hyperparams", None)
+        if hyperparams is not None and "learning_rate" in hyperparams:
+            return jnp.asarray(hyperparams["learning_rate"], jnp.float32)
+    raise ValueError("the optimizer state records no learning rate (use inject_hyperparams)")
+
+
+def from_config(opt: Any, clip_norm: float | None, total_steps: int
+                ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer and its schedule from an experiment's `optimizer` section."""
+    if opt.name != "adamw":
+        raise ValueError(f"optimizer.name={opt.name!r}; only 'adamw' is implemented")
+    decay_end = opt.decay_steps if opt.get("decay_steps") is not None else total_steps
+    lr = schedule(opt.peak_lr, opt.warmup_steps, decay_end, opt.min_lr_ratio)
+    tx = adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+               exclude=tuple(opt.decay_exclude), clip_norm=clip_norm)
+    return tx, lr
