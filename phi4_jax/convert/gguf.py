@@ -36,7 +36,7 @@ def _reader(path: str):
     try:
         from gguf import GGUFReader
     except ImportError as e:  # pragma: no cover - exercised only without the [hf] extra
-        raise ImportError("GGUF import needs the `gguf` package (pip install 'phi4_jax[hf]')") from e
+        raise ImportError("GGUF import needs the `gguf` package: pip install 'phi4_jax[hf]'") from e
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     return GGUFReader(path)

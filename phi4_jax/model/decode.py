@@ -12,18 +12,23 @@ unfiltered* next-token distribution, log_softmax(logits)[token], whatever `Sampl
 the token. That is what Pivotal Token Search and evaluation need; the sampling distribution
 (tempered / truncated) is only used to draw.
 
-Compilation. Inputs are padded to shape buckets (batch, prompt length and max_new_tokens each
-rounded up by `bucket`), so any batch whose padded shape is the same reuses the compiled program;
-stop tokens, pad id, the real max_new_tokens and the key are runtime values. A new
-`SamplingConfig` or a new model structure compiles once. The KV cache is allocated inside the
-jitted function and carried by the while loop, so XLA updates it in place (no host round trips
-and no copies per step). The loop exits as soon as every row has stopped.
+Compilation. Inputs are padded to shape buckets (batch to a power of two, prompt length and
+max_new_tokens by `bucket`: 16, 24, 32, 48, 64, 96, ...), so any batch with the same padded shape
+reuses the compiled program; stop tokens (up to 4 per program), pad id, the real max_new_tokens,
+row ids and the key are runtime values. A new `SamplingConfig` or model structure compiles once.
+The KV cache is allocated inside the jitted function and carried by the while loop, so XLA
+updates it in place (nothing to donate, no host round trips, no cache copies per step). The loop
+exits as soon as every row has stopped.
 
 Determinism. Row b's draw at step t uses the key fold_in(fold_in(key, row_ids[b]), t) and only
 row b's logits. The same key, row ids, prompts and config give the same tokens. A row's samples
 do not depend on the other rows of the batch or on its position in it (pass explicit `row_ids`)
 as long as its logits are bitwise the same; logits computed under different padded shapes can
 differ in the last bits, which can flip a draw sitting on a near tie.
+
+N samples per prefix (Pivotal Token Search, several answers per question): repeat each prompt
+N times in one batch; distinct row ids give independent draws, and `score` / `token_logprobs`
+give log-probs of given solutions under the same distribution as `GenerateOutput.logprobs`.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from phi4_jax.model.sampling import SamplingConfig, row_step_keys, sample
+from phi4_jax.model.config import ModelConfig
+from phi4_jax.model.sampling import GREEDY, SamplingConfig, row_step_keys, sample
 from phi4_jax.model.transformer import KVCache, Transformer
 
 Prompts = Sequence[Sequence[int]] | np.ndarray | jax.Array
@@ -63,12 +69,15 @@ class GenerateOutput(NamedTuple):
         unfiltered model distribution; 0 after a row stops.
     lengths: int32 [B]; generated tokens per row, the stop token included.
     stopped: bool [B]; True where a stop token (rather than max_new_tokens) ended the row.
+    logits: float32 [B, max_new_tokens, V] raw logits each token was drawn from, only with
+        `return_logits=True` (else None); rows are 0 after a row stops.
     """
 
     tokens: jax.Array
     logprobs: jax.Array
     lengths: jax.Array
     stopped: jax.Array
+    logits: jax.Array | None = None
 
     def to_lists(self) -> list[list[int]]:
         """Each row's generated token ids (stop token included), as Python lists."""
@@ -125,16 +134,24 @@ def _bucketed(ids: np.ndarray, lens: np.ndarray, pad_id: int, t_bucket: int
     return out, out_lens
 
 
-def _token_id(config_id: int | None, vocab: int) -> int | None:
-    return config_id if config_id is not None and 0 <= config_id < vocab else None
+def special_ids(config: ModelConfig, stop_tokens: Sequence[int] | None, pad_id: int | None
+                ) -> tuple[tuple[int, ...], int]:
+    """Resolves `generate`'s defaults: stop at the config's eos id and pad with its pad id
+    (each only when it lies inside the vocabulary; else no stop token, pad 0)."""
+    inside = lambda i: i is not None and 0 <= i < config.vocab_size
+    if stop_tokens is None:
+        stop_tokens = (config.eos_token_id,) if inside(config.eos_token_id) else ()
+    if pad_id is None:
+        pad_id = config.pad_token_id if inside(config.pad_token_id) else 0
+    return tuple(int(t) for t in stop_tokens), int(pad_id)
 
 
 # -- generation ------------------------------------------------------------------------------
 def generate(model: Transformer, prompts: Prompts, *, max_new_tokens: int,
-             sampling: SamplingConfig = SamplingConfig(temperature=0.0),
+             sampling: SamplingConfig = GREEDY,
              key: jax.Array | None = None, stop_tokens: Sequence[int] | None = None,
              pad_id: int | None = None, prompt_lengths: Any = None,
-             row_ids: Any = None) -> GenerateOutput:
+             row_ids: Any = None, return_logits: bool = False) -> GenerateOutput:
     """Continues each prompt by up to `max_new_tokens` tokens with a KV cache.
 
     prompts: list of token-id lists (ragged), or a right-padded int array [B, P] with
@@ -146,17 +163,14 @@ def generate(model: Transformer, prompts: Prompts, *, max_new_tokens: int,
         or 0.
     row_ids: int [B] identities folded into the key per row (default 0..B-1); give a row the
         same id (and key) to get the same samples whatever else is in the batch.
+    return_logits: also return every step's full logits [B, max_new_tokens, V] (debugging,
+        tests; costs memory).
 
     Returned log-probs are under the model's untempered, unfiltered distribution (see module
     docstring); see `GenerateOutput` for the fields.
     """
     cfg = model.config
-    vocab = cfg.vocab_size
-    if pad_id is None:
-        pad_id = _token_id(cfg.pad_token_id, vocab) or 0
-    if stop_tokens is None:
-        eos = _token_id(cfg.eos_token_id, vocab)
-        stop_tokens = () if eos is None else (eos,)
+    stop_tokens, pad_id = special_ids(cfg, stop_tokens, pad_id)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not sampling.is_greedy and key is None:
@@ -180,9 +194,9 @@ def generate(model: Transformer, prompts: Prompts, *, max_new_tokens: int,
     active = np.arange(tokens.shape[0]) < n_rows
     out = _generate_jit(graphdef, state, tokens, lens, active, key, rows, stops,
                         np.int32(pad_id), np.int32(max_new_tokens), sampling=sampling,
-                        new_bucket=bucket(max_new_tokens, 16))
-    return GenerateOutput(*(x[:n_rows, :max_new_tokens] if x.ndim == 2 else x[:n_rows]
-                            for x in out))
+                        new_bucket=bucket(max_new_tokens, 16), return_logits=return_logits)
+    return GenerateOutput(*(None if x is None else x[:n_rows, :max_new_tokens] if x.ndim >= 2
+                            else x[:n_rows] for x in out))
 
 
 def _prefill_hidden(model: Transformer, tokens: jax.Array, cache: KVCache
@@ -207,11 +221,13 @@ class _Loop(NamedTuple):
     lengths: jax.Array     # [B]
     done: jax.Array        # [B]
     stopped: jax.Array     # [B]
+    logits: jax.Array | None  # [B, N, V] with return_logits
 
 
-@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("sampling", "new_bucket"))
+@functools.partial(jax.jit, static_argnums=(0,),
+                   static_argnames=("sampling", "new_bucket", "return_logits"))
 def _generate_jit(graphdef, state, tokens, lengths, active, key, row_ids, stop_ids, pad_id,
-                  max_new, *, sampling: SamplingConfig, new_bucket: int):
+                  max_new, *, sampling: SamplingConfig, new_bucket: int, return_logits: bool):
     """Prefill and decode loop; shapes [Bb, Pb] (buckets), outputs [Bb, new_bucket]."""
     model = nnx.merge(graphdef, state)
     b, p = tokens.shape
@@ -233,7 +249,9 @@ def _generate_jit(graphdef, state, tokens, lengths, active, key, row_ids, stop_i
             logprobs=loop.logprobs.at[:, t].set(jnp.where(live, logprob, 0.0)),
             lengths=loop.lengths + live.astype(jnp.int32),
             done=loop.done | is_stop | (t + 1 >= max_new),
-            stopped=loop.stopped | is_stop)
+            stopped=loop.stopped | is_stop,
+            logits=None if loop.logits is None else loop.logits.at[:, t].set(
+                jnp.where(live[:, None], logits, 0.0)))
 
     def body(loop: _Loop) -> _Loop:
         slots = (lengths + loop.step - 1)[:, None]  # where the previous token goes
@@ -247,9 +265,11 @@ def _generate_jit(graphdef, state, tokens, lengths, active, key, row_ids, stop_i
                  tokens=jnp.full((b, new_bucket), pad_id, jnp.int32),
                  logprobs=jnp.zeros((b, new_bucket), jnp.float32),
                  lengths=jnp.zeros(b, jnp.int32), done=~active,
-                 stopped=jnp.zeros(b, bool))
+                 stopped=jnp.zeros(b, bool),
+                 logits=(jnp.zeros((b, new_bucket, logits.shape[-1]), jnp.float32)
+                         if return_logits else None))
     final = jax.lax.while_loop(cond, body, emit(init, logits))
-    return final.tokens, final.logprobs, final.lengths, final.stopped
+    return final.tokens, final.logprobs, final.lengths, final.stopped, final.logits
 
 
 # -- scoring ---------------------------------------------------------------------------------

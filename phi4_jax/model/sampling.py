@@ -47,6 +47,9 @@ class SamplingConfig:
         return self.temperature == 0.0 or self.top_k == 1
 
 
+GREEDY = SamplingConfig(temperature=0.0)
+
+
 def candidate_logits(logits: jax.Array, config: SamplingConfig
                      ) -> tuple[jax.Array, jax.Array | None]:
     """The tempered logits the sampler draws from, with filtered-out entries at -inf.
