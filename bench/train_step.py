@@ -52,7 +52,7 @@ def jax_side(args, batch):
     config.model.scan_layers = bool(args.scan_layers)
     config.data.seq_len = args.seq
     config.train.global_batch = args.batch
-    config.train.loss_chunk = 0
+    config.train.loss_vocab_chunks = 1
     config.optimizer.peak_lr = 3e-4
     config.optimizer.warmup_steps = 0
     config.train.steps = 1000

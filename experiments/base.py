@@ -18,7 +18,8 @@ Sections (override any field on the command line: `--exp.train.steps=20`):
     train           steps, global_batch (sequences), micro_batches (gradient accumulation),
                     checkpoint_every, keep, log_every, seed, init_from (another phase's workdir
                     or checkpoint), z_loss, clip_norm, max_nonfinite_in_row (NaN policy),
-                    loss_chunk (positions per logits block), async_checkpoint, peak_flops
+                    loss_vocab_chunks (vocabulary slices the loss projects onto at a time),
+                    async_checkpoint, peak_flops
     log             tensorboard, wandb (used only when installed), wandb_project
 
 Defaults follow the Phi-4 report where it states a value (peak lr 3e-4, weight decay 0.1, global
@@ -88,7 +89,7 @@ def base_config() -> config_dict.ConfigDict:
         "z_loss": 0.0,  # not stated; 1e-4 is PaLM's
         "clip_norm": 1.0,  # not stated
         "max_nonfinite_in_row": 5,
-        "loss_chunk": 512,
+        "loss_vocab_chunks": 8,  # 100352 / 8 = 12544 logits per token per slice
         "async_checkpoint": True,
         "peak_flops": config_dict.placeholder(float),  # None: device table, measured on CPU
     })

@@ -27,5 +27,5 @@ def get_config(arg: str | None = None):
     c.train.global_batch = 8
     c.train.checkpoint_every = 20
     c.train.log_every = 5
-    c.train.loss_chunk = 0  # 8 x 128 x 100352 float32 logits fit a CPU; pods chunk
+    c.train.loss_vocab_chunks = 1  # 8 x 128 x 100352 float32 logits fit a CPU; pods chunk
     return c

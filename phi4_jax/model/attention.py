@@ -10,7 +10,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from phi4_jax.model.config import ModelConfig
-from phi4_jax.model.layers import param
+from phi4_jax.model.layers import cast, param
 from phi4_jax.model.rope import apply_rope
 from phi4_jax.sharding import axes as ax
 
@@ -85,9 +85,9 @@ class Attention(nnx.Module):
         """
         cfg = self.config
         dt = cfg.compute_dtype
-        q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))
-        k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))
-        v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dt))
+        q = jnp.einsum("BTD,DNH->BTNH", x, cast(self.q, dt))
+        k = jnp.einsum("BTD,DKH->BTKH", x, cast(self.k, dt))
+        v = jnp.einsum("BTD,DKH->BTKH", x, cast(self.v, dt))
         q = ax.constrain(apply_rope(q, positions, cfg.rope_theta),
                          (ax.BATCH, ax.SEQ, ax.HEADS, ax.HEAD_DIM))
         k = ax.constrain(apply_rope(k, positions, cfg.rope_theta),
@@ -119,5 +119,5 @@ class Attention(nnx.Module):
 
         out = ax.constrain(out, (ax.BATCH, ax.SEQ, ax.HEADS, ax.HEAD_DIM))
         out = checkpoint_name(out, "attn_context")
-        y = jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt))
+        y = jnp.einsum("BTNH,NHD->BTD", out, cast(self.o, dt))
         return y, new_cache

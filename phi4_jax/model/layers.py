@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -37,6 +36,21 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], logical: Sequence[str | None], *
     return nnx.Param(value, out_sharding=logical, eager_sharding=False)
 
 
+def cast(p: nnx.Param, dtype: jnp.dtype) -> jax.Array:
+    """The parameter's value in `dtype`, still sharded like the parameter.
+
+    The constraint pins the cast before any FSDP all-gather: weights travel and sit gathered in
+    the compute dtype (half the bytes of float32), one layer at a time. Inside the layer scan the
+    value has lost its leading 'layers' axis; its logical axes follow.
+    """
+    value = p[...]
+    logical = tuple(p.get_metadata().get("out_sharding") or ())
+    if len(logical) == value.ndim + 1 and logical[0] == ax.LAYERS:
+        logical = logical[1:]
+    value = value.astype(dtype)
+    return ax.constrain(value, logical) if len(logical) == value.ndim else value
+
+
 class RMSNorm(nnx.Module):
     """Root-mean-square norm computed in float32, output in the compute dtype."""
 
@@ -54,7 +68,7 @@ class RMSNorm(nnx.Module):
 
 
 class Embed(nnx.Module):
-    """Token embedding [V, D]; `attend` gives logits against the same table (tied head)."""
+    """Token embedding [V, D] (its transpose is the output projection when tied)."""
 
     def __init__(self, vocab: int, dim: int, *, std: float, dtype: jnp.dtype,
                  param_dtype: jnp.dtype, rngs: nnx.Rngs):
@@ -63,38 +77,41 @@ class Embed(nnx.Module):
                                dtype=param_dtype)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        table = self.embedding[...].astype(self.dtype)
+        table = cast(self.embedding, self.dtype)
         x = jnp.take(table, tokens, axis=0)  # [B, T, D]
         # Look every row's tokens up in the local slice of the embed dimension first: the
         # table's gradient is then a scatter into that slice, never a full [V, D] partial sum
         # per device. The caller moves the result to the batch-sharded layout.
         return ax.constrain(x, (None, ax.SEQ, ax.EMBED))
 
-    def attend(self, h: jax.Array) -> jax.Array:
-        return project_to_vocab(h, self.embedding[...].astype(self.dtype), "BTD,VD->BTV")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def project_to_vocab(h: jax.Array, w: jax.Array, spec: str) -> jax.Array:
-    """float32 logits = einsum(spec, h, w), accumulated in float32.
+VOCAB_WEIGHT_AXES: ax.LogicalAxes = (ax.EMBED, ax.VOCAB)
+
+
+@jax.custom_vjp
+def project_to_vocab(h: jax.Array, w: jax.Array) -> jax.Array:
+    """float32 logits [B, T, V'] = h [B, T, D] @ w [D, V'], accumulated in float32.
 
     The backward pass casts the logits' cotangent to the compute dtype first, so the weight
     gradient is a compute-dtype [D, V] matrix (accumulated in float32 inside the matmul) rather
     than a float32 one: for Phi-4 that is 1 GB instead of 2 GB per device before FSDP's
-    reduce-scatter. In float32 compute the two are identical.
+    reduce-scatter. In float32 compute the two are identical. The weight gradient is constrained
+    to the weight's logical axes (embed, vocab), so a sharded weight gets a reduce-scatter.
     """
-    return jnp.einsum(spec, h, w, preferred_element_type=jnp.float32)
+    return jnp.einsum("BTD,DV->BTV", h, w, preferred_element_type=jnp.float32)
 
 
-def _project_fwd(h, w, spec):
-    return project_to_vocab(h, w, spec), (h, w)
+def _project_fwd(h, w):
+    return project_to_vocab(h, w), (h, w)
 
 
-def _project_bwd(spec, residuals, g):
+def _project_bwd(residuals, g):
     h, w = residuals
     g = g.astype(h.dtype)
-    _, vjp = jax.vjp(lambda h, w: jnp.einsum(spec, h, w), h, w)
-    return vjp(g)
+    _, vjp = jax.vjp(lambda h, w: jnp.einsum("BTD,DV->BTV", h, w), h, w)
+    dh, dw = vjp(g)
+    return dh, ax.constrain(dw, VOCAB_WEIGHT_AXES)
 
 
 project_to_vocab.defvjp(_project_fwd, _project_bwd)

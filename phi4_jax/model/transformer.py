@@ -11,7 +11,14 @@ from flax import nnx
 from phi4_jax.model.attention import LayerCache
 from phi4_jax.model.block import Block, remat_policy
 from phi4_jax.model.config import ModelConfig
-from phi4_jax.model.layers import Embed, RMSNorm, param, project_to_vocab
+from phi4_jax.model.layers import (
+    VOCAB_WEIGHT_AXES,
+    Embed,
+    RMSNorm,
+    cast,
+    param,
+    project_to_vocab,
+)
 from phi4_jax.sharding import axes as ax
 
 
@@ -81,12 +88,17 @@ class Transformer(nnx.Module):
 
     def logits(self, h: jax.Array) -> jax.Array:
         """Projects hidden states [B, T, D] to float32 logits [B, T, V]."""
-        if self.config.tie_embeddings:
-            out = self.embed.attend(h)
-        else:
-            kernel = self.lm_head[...].astype(self.config.compute_dtype)
-            out = project_to_vocab(h, kernel, "BTD,DV->BTV")
+        out = project_to_vocab(h, self.output_weight())
         return ax.constrain(out, (ax.BATCH, ax.SEQ, ax.VOCAB))
+
+    def output_weight(self) -> jax.Array:
+        """The vocabulary projection [D, V] in the compute dtype (the embedding's transpose when
+        tied). Losses that chunk the vocabulary slice it; `logits` applies it whole."""
+        if self.config.tie_embeddings:
+            w = cast(self.embed.embedding, self.config.compute_dtype).T
+        else:
+            w = cast(self.lm_head, self.config.compute_dtype)
+        return ax.constrain(w, VOCAB_WEIGHT_AXES)
 
     # -- cached forward (decoding) ------------------------------------------------------------
     def forward_cached(self, tokens: jax.Array, cache: KVCache, slots: jax.Array

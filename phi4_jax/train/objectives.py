@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from phi4_jax.model import merge_for_compute
 from phi4_jax.sharding import axes as ax
-from phi4_jax.train.losses import chunked_xent
+from phi4_jax.train.losses import next_token_loss
 
 Batch = Mapping[str, jax.Array]
 TOKEN_AXES = (ax.BATCH, ax.SEQ)
@@ -51,7 +52,7 @@ class NextToken:
     """
 
     z_loss: float = 0.0
-    loss_chunk: int = 512
+    vocab_chunks: int = 1
     name: ClassVar[str] = "next_token"
     batch_axes: ClassVar[Mapping[str, ax.LogicalAxes]] = MappingProxyType(
         dict.fromkeys(("tokens", "targets", "positions", "segment_ids", "loss_mask"),
@@ -62,10 +63,10 @@ class NextToken:
 
     def loss(self, graphdef, params, frozen, batch, rng):
         del frozen, rng  # no reference model, no dropout
-        model = nnx.merge(graphdef, params)
+        model = merge_for_compute(graphdef, params)
         hidden = model.hidden(batch["tokens"], batch["positions"], batch["segment_ids"])
-        sums = chunked_xent(model.logits, hidden, batch["targets"], batch["loss_mask"],
-                            self.loss_chunk)
+        sums = next_token_loss(hidden, model.output_weight(), batch["targets"],
+                               batch["loss_mask"], self.vocab_chunks)
         total = sums.xent + self.z_loss * sums.z if self.z_loss else sums.xent
         return total, {"loss": sums.xent, "z_loss": sums.z}
 
@@ -78,5 +79,5 @@ def from_config(config: Any) -> Objective:
     """The objective named by `config.objective`, parameterized by `config.train`."""
     if config.objective == "next_token":
         return NextToken(z_loss=float(config.train.z_loss),
-                         loss_chunk=int(config.train.loss_chunk))
+                         vocab_chunks=int(config.train.loss_vocab_chunks))
     raise ValueError(f"objective={config.objective!r}; implemented: ['next_token']")

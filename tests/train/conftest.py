@@ -24,7 +24,7 @@ def tiny_config(**train):
     c.optimizer.warmup_steps = 0
     c.optimizer.decay_steps = 100  # fixed: train.steps does not change the compiled step
     c.optimizer.peak_lr = 3e-3
-    c.train.update(dict(global_batch=8, loss_chunk=8, steps=6, checkpoint_every=3, log_every=1,
-                        peak_flops=1e12))
+    c.train.update(dict(global_batch=8, loss_vocab_chunks=4, steps=6, checkpoint_every=3,
+                        log_every=1, peak_flops=1e12))
     c.train.update(train)
     return c

@@ -1,4 +1,4 @@
-"""Cross-entropy and z-loss sums against numpy; chunked == unchunked, without full logits."""
+"""Next-token loss sums against numpy; vocabulary chunks equal one projection, without [B,T,V]."""
 
 import jax
 import jax.extend
@@ -27,24 +27,27 @@ def data():
             (rng.random((B, T)) > 0.3).astype(np.float32))
 
 
-def test_xent_matches_numpy(data):
+@pytest.mark.parametrize("chunks", [1, 4])
+def test_loss_matches_numpy(data, chunks):
     h, w, targets, mask = data
-    logits = h @ w
-    got = losses.xent_from_logits(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask))
-    want = numpy_sums(logits.astype(np.float64), targets, mask)
+    got = losses.next_token_loss(jnp.asarray(h), jnp.asarray(w), jnp.asarray(targets),
+                                 jnp.asarray(mask), chunks)
+    want = numpy_sums((h @ w).astype(np.float64), targets, mask)
     np.testing.assert_allclose([float(got.xent), float(got.z)], want, rtol=1e-5)
 
 
-@pytest.mark.parametrize("chunk", [4, 8])
-def test_chunked_equals_whole_sequence_with_gradients(data, chunk):
+@pytest.mark.parametrize("chunks", [2, 8])
+def test_vocab_chunks_equal_one_projection_with_gradients(data, chunks):
     h, w, targets, mask = data
 
-    def total(h, w, chunk):
-        out = losses.chunked_xent(lambda x: x @ w, h, targets, mask, chunk)
+    def total(h, w, chunks):
+        out = losses.next_token_loss(h, w, targets, mask, chunks)
         return out.xent + 1e-2 * out.z
 
-    whole, whole_grads = jax.value_and_grad(total, argnums=(0, 1))(h, w, 0)
-    part, part_grads = jax.value_and_grad(total, argnums=(0, 1))(h, w, chunk)
+    whole, whole_grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1)),
+                                 static_argnums=2)(h, w, 1)
+    part, part_grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1)),
+                               static_argnums=2)(h, w, chunks)
     np.testing.assert_allclose(part, whole, rtol=1e-6)
     for a, b in zip(part_grads, whole_grads):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -52,7 +55,7 @@ def test_chunked_equals_whole_sequence_with_gradients(data, chunk):
 
 def test_chunked_backward_never_holds_full_logits(data):
     h, w, targets, mask = data
-    grad = jax.grad(lambda w: losses.chunked_xent(lambda x: x @ w, h, targets, mask, 4).xent)
+    grad = jax.grad(lambda w: losses.next_token_loss(h, w, targets, mask, 4).xent)
     jaxpr = jax.make_jaxpr(grad)(w)
     shapes = set()
 
@@ -63,11 +66,11 @@ def test_chunked_backward_never_holds_full_logits(data):
                 visit(sub)
 
     visit(jaxpr.jaxpr)
-    assert (B, 4, V) in shapes
+    assert (B, T, V // 4) in shapes
     assert not any(len(s) >= 2 and s[-1] == V and T in s for s in shapes), shapes
 
 
-def test_chunk_must_divide_the_sequence(data):
+def test_chunks_must_divide_the_vocabulary(data):
     h, w, targets, mask = data
-    with pytest.raises(ValueError, match="train.loss_chunk=5"):
-        losses.chunked_xent(lambda x: x @ w, h, targets, mask, 5)
+    with pytest.raises(ValueError, match="train.loss_vocab_chunks=5"):
+        losses.next_token_loss(h, w, targets, mask, 5)

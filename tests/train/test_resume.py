@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STEPS = 40
 COMMAND = [sys.executable, "-m", "launch.local", "--exp=tiny_pretrain",
            "--exp.data.source=synthetic", "--exp.model.vocab_size=256",
-           "--exp.data.seq_len=32", "--exp.train.global_batch=8", "--exp.train.loss_chunk=8",
+           "--exp.data.seq_len=32", "--exp.train.global_batch=8", "--exp.train.loss_vocab_chunks=4",
            "--exp.optimizer.warmup_steps=4", f"--exp.train.steps={STEPS}",
            "--exp.train.checkpoint_every=4", "--exp.train.log_every=1",
            "--exp.train.peak_flops=1e12", "--exp.log.tensorboard=False"]
