@@ -10,6 +10,7 @@ from flax import nnx
 
 from phi4_jax.model.config import PRESETS, ModelConfig, from_hf_config, preset, to_hf_config
 from phi4_jax.model.transformer import KVCache, Transformer
+from phi4_jax.sharding import axes as ax
 
 presets = PRESETS
 
@@ -28,20 +29,21 @@ def merge_for_compute(graphdef: nnx.GraphDef, params) -> Transformer:
     """`nnx.merge` for a training step: weight matrices are cast to the compute dtype up front.
 
     Mixed precision as the training step uses it: the float32 parameters stay the optimizer's
-    master copy; the forward and backward passes see one bf16 copy (sharded like the
-    parameters), so FSDP gathers bf16 weights and reduce-scatters bf16 gradients, half the bytes
+    master copy; the forward and backward passes see one bf16 copy, pinned to the parameters'
+    own sharding, so FSDP gathers bf16 weights and reduce-scatters bf16 gradients: half the bytes
     of float32 on the wire and in memory. RMSNorm scales (vectors) stay float32.
     """
     model = nnx.merge(graphdef, params)
     dtype = model.config.compute_dtype
     if dtype == model.config.weight_dtype:
         return model
-
-    def to_compute(x):
-        floating = jnp.issubdtype(x.dtype, jnp.floating)
-        return x.astype(dtype) if floating and x.ndim >= 2 else x
-
-    return nnx.merge(graphdef, jax.tree.map(to_compute, params))
+    for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        value = var.get_value()
+        if jnp.issubdtype(value.dtype, jnp.floating) and value.ndim >= 2:
+            logical = tuple(var.get_metadata().get("out_sharding") or ())
+            value = value.astype(dtype)
+            var.set_value(ax.constrain(value, logical) if len(logical) == value.ndim else value)
+    return model
 
 
 def count_params(config: ModelConfig | str) -> int:

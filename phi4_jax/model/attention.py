@@ -28,7 +28,11 @@ def resolve_impl(config: ModelConfig) -> str:
     """'auto' picks splash on TPU, cuDNN on GPU (bf16/fp16 only) and XLA elsewhere."""
     if config.attention != "auto":
         return config.attention
-    platform = jax.default_backend()
+    # The platform we lower for: the active mesh's devices (an ahead-of-time compile for TPU on
+    # a CPU host), else the default backend.
+    partitioner = ax.active()
+    platform = (partitioner.mesh.devices.flat[0].platform if partitioner is not None
+                else jax.default_backend())
     if platform == "tpu":
         return "splash"
     if platform == "gpu" and config.dtype in ("bfloat16", "float16"):
@@ -47,6 +51,35 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v, preferred_element_type=jnp.float32)
     return out.reshape(b, t, n, h).astype(q.dtype)
+
+
+# Sequences longer than 2 blocks run the XLA reference one block of queries at a time, so
+# neither the [B, T, S] mask nor the [B, heads, T, S] scores exist at once (16K on CPU).
+_QUERY_BLOCK = 1024
+
+
+def blocked_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
+                          block: int = _QUERY_BLOCK) -> jax.Array:
+    """Causal + segment-masked self-attention computed `block` queries at a time.
+
+    Each block is rematerialized in the backward pass: memory is O(block x S) per head.
+    """
+    b, t, n, h = q.shape
+    blocks = t // block
+    index = jnp.broadcast_to(jnp.arange(t), (b, t))
+
+    def to_blocks(x):  # [B, T, ...] -> [T / block, B, block, ...]
+        return jnp.swapaxes(x.reshape(b, blocks, block, *x.shape[2:]), 0, 1)
+
+    @jax.checkpoint
+    def one_block(_, xs):
+        q_block, q_index, q_segments = xs
+        mask = make_mask(q_index, index, q_segments, segment_ids)
+        return None, xla_attention(q_block, k, v, mask)
+
+    _, out = jax.lax.scan(one_block, None, (to_blocks(q), to_blocks(index),
+                                            to_blocks(segment_ids)))
+    return jnp.swapaxes(out, 0, 1).reshape(b, t, n, h)
 
 
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -103,6 +136,9 @@ class Attention(nnx.Module):
                 from phi4_jax.model.splash import splash_attention
 
                 out = splash_attention(q, k, v, segment_ids)
+            elif impl == "xla" and x.shape[1] > 2 * _QUERY_BLOCK and \
+                    x.shape[1] % _QUERY_BLOCK == 0:
+                out = blocked_xla_attention(q, k, v, segment_ids)
             else:
                 index = jnp.broadcast_to(jnp.arange(x.shape[1]), segment_ids.shape)
                 mask = make_mask(index, index, segment_ids, segment_ids)

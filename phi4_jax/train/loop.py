@@ -105,7 +105,27 @@ def build(config: Any, devices: Sequence[jax.Device] | None = None) -> program.P
     tx, _ = optimizer.from_config(config.optimizer, config.train.clip_norm, config.train.steps)
     return program.build(model_config(config.model), rules, objectives.from_config(config), tx,
                          seed=config.train.seed, global_batch=config.train.global_batch,
-                         seq_len=config.data.seq_len, micro_batches=config.train.micro_batches)
+                         seq_len=config.data.seq_len,
+                         micro_batches=micro_batches(config.train, rules))
+
+
+def micro_batches(train: Any, rules: rules_lib.Rules) -> int:
+    """train.micro_batches, or the count train.per_device_batch implies on this mesh."""
+    per_device = train.get("per_device_batch")
+    if per_device is None:
+        return int(train.micro_batches)
+    ways = rules.shards(("batch",))[0]
+    rows = ways * int(per_device)
+    if per_device <= 0 or train.global_batch % rows:
+        raise ValueError(
+            f"train.per_device_batch={per_device} x {ways} batch-sharded devices = {rows} rows "
+            f"per micro-step does not divide train.global_batch={train.global_batch}")
+    implied = train.global_batch // rows
+    if train.micro_batches not in (1, implied):
+        raise ValueError(f"train.micro_batches={train.micro_batches} contradicts "
+                         f"train.per_device_batch={per_device} (which implies {implied}); "
+                         "set one of them")
+    return implied
 
 
 def _check_train_fields(train: Any) -> None:
@@ -125,10 +145,8 @@ def run(config: Any, workdir: str, *, devices: Sequence[jax.Device] | None = Non
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
-    data = inputs.build_iterator(
-        config.data, global_batch=train.global_batch, steps=train.steps,
-        vocab_size=prog.model_config.vocab_size, host=jax.process_index(),
-        host_count=jax.process_count())
+    data = inputs.for_run(config, prog, workdir, host=jax.process_index(),
+                          host_count=jax.process_count())
     checkpoints = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep,
                                         async_save=train.async_checkpoint)
     state, start = _initial_state(prog, checkpoints, data, train)
@@ -189,8 +207,20 @@ def _initial_state(prog: program.Program, checkpoints: ckpt_lib.Checkpointer, da
     if train.get("init_from"):
         params = ckpt_lib.restore_params(train.init_from, prog.abstract_state.params,
                                          prog.state_shardings.params)
-        return prog.from_params(params), "init_from"
-    return prog.init(), "scratch"
+        state, start = prog.from_params(params), "init_from"
+    else:
+        state, start = prog.init(), "scratch"
+    return _with_reference(prog, state, train), start
+
+
+def _with_reference(prog: program.Program, state: Any, train: Any) -> Any:
+    """train.reference_from fills the objective's frozen 'reference' tree (DPO) from another
+    run's parameters; without it the reference is the start parameters."""
+    if not train.get("reference_from") or "reference" not in state.frozen:
+        return state
+    params = ckpt_lib.restore_params(train.reference_from, prog.abstract_state.params,
+                                     prog.state_shardings.params)
+    return state._replace(frozen={**state.frozen, "reference": params})
 
 
 def _report(logger: MetricLogger, step: int, metrics: Any, max_in_row: int) -> dict[str, float]:

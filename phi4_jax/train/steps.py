@@ -16,7 +16,6 @@ optimizer state unchanged, data still consumed) and counted; the loop aborts aft
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,12 +83,15 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef, objec
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    # An elementwise select (not lax.cond): XLA fuses it into the update, no extra pass.
-    keep = functools.partial(jnp.where, finite)
-    params = jax.tree.map(keep, params, state.params)
-    opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    def update(params, opt_state):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    # A conditional, not a select: the skipped branch touches nothing, and the taken one
+    # updates the donated parameters and moments in place (a select would keep old and new
+    # copies of both alive at once).
+    params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params,
+                                     state.opt_state)
     skipped = jnp.logical_not(finite).astype(jnp.int32)
     new_state = state._replace(
         step=state.step + 1, params=params, opt_state=opt_state,
