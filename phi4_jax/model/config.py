@@ -110,6 +110,13 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
 
+def from_experiment(section: Any) -> ModelConfig:
+    """An experiment's `model` section (a preset name plus optional per-field overrides, None
+    meaning "the preset's value") -> ModelConfig."""
+    overrides = {k: v for k, v in section.items() if k != "preset" and v is not None}
+    return preset(section["preset"], **overrides)
+
+
 # The one mapping between our field names and Hugging Face `Phi3Config` keys.
 HF_KEYS: Mapping[str, str] = {
     "num_layers": "num_hidden_layers",

@@ -79,10 +79,11 @@ class Embed(nnx.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         table = cast(self.embedding, self.dtype)
         x = jnp.take(table, tokens, axis=0)  # [B, T, D]
-        # Look every row's tokens up in the local slice of the embed dimension first: the
+        # Look the tokens up in the local slice of the embed dimension first (embed claims its
+        # mesh axes before batch, which keeps only what is left, e.g. data replicas): the
         # table's gradient is then a scatter into that slice, never a full [V, D] partial sum
         # per device. The caller moves the result to the batch-sharded layout.
-        return ax.constrain(x, (None, ax.SEQ, ax.EMBED))
+        return ax.constrain(x, (ax.BATCH, ax.SEQ, ax.EMBED), priority=(2, 0, 1))
 
 
 

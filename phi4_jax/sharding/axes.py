@@ -41,7 +41,8 @@ class Partitioner(Protocol):
 
     def spec(self, axes: LogicalAxes) -> jax.sharding.PartitionSpec: ...
 
-    def constrain(self, x: jax.Array, axes: LogicalAxes) -> jax.Array: ...
+    def constrain(self, x: jax.Array, axes: LogicalAxes,
+                  priority: Sequence[int] | None = None) -> jax.Array: ...
 
 
 # `None` (the default) means no sharding: single-device runs, tests and tracing without a mesh.
@@ -63,12 +64,20 @@ def active() -> Partitioner | None:
     return _ACTIVE.get()
 
 
-def constrain(x: jax.Array, axes: LogicalAxes) -> jax.Array:
-    """Annotates an activation with logical axes; a no-op unless a Partitioner is active."""
+def constrain(x: jax.Array, axes: LogicalAxes, priority: Sequence[int] | None = None
+              ) -> jax.Array:
+    """Annotates an activation with logical axes; a no-op unless a Partitioner is active.
+
+    A mesh axis serves one dimension per array; dimensions claim theirs left to right, or in
+    `priority` order (dimension indices) when given.
+    """
     if x.ndim != len(axes):
         raise ValueError(f"activation of rank {x.ndim} annotated with {len(axes)} axes {axes}")
     partitioner = _ACTIVE.get()
-    return x if partitioner is None else partitioner.constrain(x, axes)
+    if partitioner is None:
+        return x
+    return partitioner.constrain(x, axes) if priority is None else \
+        partitioner.constrain(x, axes, priority)
 
 
 @contextlib.contextmanager

@@ -84,26 +84,36 @@ class Rules:
             ax.check((logical,))
             parse_axes(mesh_axes, f"rules {self.name!r} entry {logical!r}")
 
-    def mesh_axes(self, logical: Sequence[str | None]) -> tuple[MeshAxes, ...]:
-        """Per dimension, the mesh axes it is split over (a mesh axis used once per spec)."""
+    def mesh_axes(self, logical: Sequence[str | None],
+                  priority: Sequence[int] | None = None) -> tuple[MeshAxes, ...]:
+        """Per dimension, the mesh axes it is split over (a mesh axis used once per spec).
+
+        Dimensions claim their mesh axes left to right, or in `priority` order (dimension
+        indices) when given.
+        """
+        names = ax.check(tuple(logical))
+        out: list[MeshAxes] = [()] * len(names)
         used: set[str] = set()
-        out = []
-        for name in ax.check(tuple(logical)):
+        for i in range(len(names)) if priority is None else priority:
+            name = names[i]
             free = tuple(a for a in self.table.get(name, ()) if a not in used) if name else ()
             used.update(free)
-            out.append(free)
+            out[i] = free
         return tuple(out)
 
-    def spec(self, logical: Sequence[str | None]) -> PartitionSpec:
+    def spec(self, logical: Sequence[str | None],
+             priority: Sequence[int] | None = None) -> PartitionSpec:
         def entry(axes: MeshAxes):
             return None if not axes else axes[0] if len(axes) == 1 else axes
-        return PartitionSpec(*(entry(a) for a in self.mesh_axes(logical)))
+        return PartitionSpec(*(entry(a) for a in self.mesh_axes(logical, priority)))
 
-    def sharding(self, logical: Sequence[str | None]) -> NamedSharding:
-        return NamedSharding(self.mesh, self.spec(logical))
+    def sharding(self, logical: Sequence[str | None],
+                 priority: Sequence[int] | None = None) -> NamedSharding:
+        return NamedSharding(self.mesh, self.spec(logical, priority))
 
-    def constrain(self, x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
-        return jax.lax.with_sharding_constraint(x, self.sharding(logical))
+    def constrain(self, x: jax.Array, logical: Sequence[str | None],
+                  priority: Sequence[int] | None = None) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, self.sharding(logical, priority))
 
     def shardings(self, logical_tree: Any) -> Any:
         """Maps a tree of logical PartitionSpecs to NamedShardings."""

@@ -157,7 +157,7 @@ class Checkpointer:
 
 def step_dirs(path: str) -> list[epath.Path]:
     """Step directories, newest first, from a workdir, its checkpoints/ or one step directory."""
-    p = epath.Path(path)
+    p = epath.Path(path if "://" in str(path) else os.path.abspath(path))  # orbax: absolute
     if (p / "state").exists():
         return [p]
     root = p / "checkpoints" if (p / "checkpoints").exists() else p

@@ -94,3 +94,16 @@ def build_iterator(data: Any, *, global_batch: int, steps: int, vocab_size: int,
         return pipeline.build_from_config(data, global_batch_size=global_batch, num_steps=steps,
                                           process_index=host, process_count=host_count)
     raise ValueError(f"data.source={data.source!r}; choose 'synthetic' or 'mixture'")
+
+
+def for_run(config: Any, program: Any, workdir: str, *, host: int, host_count: int) -> Any:
+    """The loop's iterator for an experiment: `build_iterator` over `config.data`, or, for
+    data.source='pairs', DPO pair batches (`phi4_jax.posttrain.pair_data.for_run`, which also
+    computes or loads the reference log-prob cache with the program's model)."""
+    if config.data.source == "pairs":
+        from phi4_jax.posttrain import pair_data
+
+        return pair_data.for_run(config, program, workdir, host=host, host_count=host_count)
+    return build_iterator(config.data, global_batch=config.train.global_batch,
+                          steps=config.train.steps, vocab_size=program.model_config.vocab_size,
+                          host=host, host_count=host_count)

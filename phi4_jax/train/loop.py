@@ -27,7 +27,8 @@ from typing import Any
 import jax
 import jax.experimental.multihost_utils as multihost
 
-from phi4_jax.model import ModelConfig, preset
+from phi4_jax.model import ModelConfig
+from phi4_jax.model.config import from_experiment
 from phi4_jax.sharding import mesh as mesh_lib
 from phi4_jax.sharding import rules as rules_lib
 from phi4_jax.train import checkpoint as ckpt_lib
@@ -51,8 +52,7 @@ class RunResult:
 
 def model_config(section: Any) -> ModelConfig:
     """The model preset with every non-None field of the `model` section applied."""
-    overrides = {k: v for k, v in section.items() if k != "preset" and v is not None}
-    return preset(section.preset, **overrides)
+    return from_experiment(section)
 
 
 class _Preemption:

@@ -1,5 +1,6 @@
 """Objectives: what a train step minimizes. Pretraining, mid-training and SFT are next-token
-prediction (SFT differs only in its data's loss mask); DPO plugs in here later, same loop.
+prediction (SFT differs only in its data's loss mask); DPO (`phi4_jax/train/dpo.py`) is the
+same protocol with preference-pair batches, same loop.
 
 An objective provides:
 
@@ -80,4 +81,8 @@ def from_config(config: Any) -> Objective:
     if config.objective == "next_token":
         return NextToken(z_loss=float(config.train.z_loss),
                          vocab_chunks=int(config.train.loss_vocab_chunks))
-    raise ValueError(f"objective={config.objective!r}; implemented: ['next_token']")
+    if config.objective == "dpo":
+        from phi4_jax.train import dpo  # noqa: PLC0415 (dpo.py builds on this module's protocol)
+
+        return dpo.from_config(config)
+    raise ValueError(f"objective={config.objective!r}; implemented: ['next_token', 'dpo']")

@@ -117,8 +117,9 @@ def build(model_config: ModelConfig, rules: Rules, objective: Objective,
     init_fn = _under_rules(state_lib.init_state, rules, model_config, tx, objective, seed)
     abstract_state = jax.eval_shape(init_fn)
     shardings = rules.shardings(state_lib.state_specs(abstract_state, param_specs, tx))
+    float_keys = getattr(objective, "float_keys", ("loss_mask",))  # the rest are int32 ids
     batch_shapes = {k: jax.ShapeDtypeStruct((global_batch, seq_len),
-                                            np.float32 if k == "loss_mask" else np.int32)
+                                            np.float32 if k in float_keys else np.int32)
                     for k in objective.batch_axes}
     batch_shardings = {k: rules.sharding(axes) for k, axes in objective.batch_axes.items()}
     replicated = NamedSharding(rules.mesh, PartitionSpec())
