@@ -156,7 +156,11 @@ def main() -> None:
     _, _, eos = _prompt_ids()
     ours = _run_worker("ours", args)
     theirs = {t: _run_worker("hf", args, t) for t in args.torch_threads}
-    print(f"SmolLM2-135M-Instruct, float32, CPU ({os.cpu_count()} cores), greedy, "
+    from phi4_jax.model import decode_layers
+
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"SmolLM2-135M-Instruct, float32, CPU ({os.cpu_count()} cores, {threads} usable "
+          f"threads), greedy, "
           f"{args.new_tokens} new tokens per row, median of {args.repeats} calls; jax "
           f"{jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
     header = ("batch", "implementation", "torch threads", "load avg", "first call s",
@@ -166,7 +170,8 @@ def main() -> None:
     for batch in args.batch_sizes:
         mine = ours[batch]
         ours_tps = batch * args.new_tokens / statistics.median(mine["times"])
-        print(f"| {batch} | phi4_jax generate (jit while_loop) | - | {ours['load']:.1f} | "
+        path = "packed layers" if batch <= decode_layers.MAX_PACKED_BATCH else "scanned layers"
+        print(f"| {batch} | phi4_jax generate ({path}) | - | {ours['load']:.1f} | "
               f"{mine['first']:.2f} | {statistics.median(mine['times']):.3f} | "
               f"{ours_tps:.1f} | | |")
         for threads, result in theirs.items():

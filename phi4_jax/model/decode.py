@@ -20,6 +20,12 @@ The KV cache is allocated inside the jitted function and carried by the while lo
 updates it in place (nothing to donate, no host round trips, no cache copies per step). The loop
 exits as soon as every row has stopped.
 
+Small models at small batch (`decode_layers.supports`) decode with per-layer packed weights and
+an unrolled layer loop instead of the scanned stack: inside a scan XLA:CPU copies each layer's
+weight slice before using it, which nearly doubles the memory traffic of a bandwidth-bound step
+(see `decode_layers`). The packed copy is made once per model (and parameter update), outside
+the compiled program; prefill still runs the scan.
+
 Determinism. Row b's draw at step t uses the key fold_in(fold_in(key, row_ids[b]), t) and only
 row b's logits. The same key, row ids, prompts and config give the same tokens. A row's samples
 do not depend on the other rows of the batch or on its position in it (pass explicit `row_ids`)
@@ -42,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from phi4_jax.model import decode_layers
 from phi4_jax.model.config import ModelConfig
 from phi4_jax.model.sampling import GREEDY, SamplingConfig, row_step_keys, sample
 from phi4_jax.model.transformer import KVCache, Transformer
@@ -191,8 +198,10 @@ def generate(model: Transformer, prompts: Prompts, *, max_new_tokens: int,
     elif not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)  # raw uint32 keys (jax.random.PRNGKey)
     graphdef, state = nnx.split(model)
+    packed = decode_layers.supports(model, tokens.shape[0])
+    layers = decode_layers.decode_weights(model) if packed else None
     active = np.arange(tokens.shape[0]) < n_rows
-    out = _generate_jit(graphdef, state, tokens, lens, active, key, rows, stops,
+    out = _generate_jit(graphdef, state, layers, tokens, lens, active, key, rows, stops,
                         np.int32(pad_id), np.int32(max_new_tokens), sampling=sampling,
                         new_bucket=bucket(max_new_tokens, 16), return_logits=return_logits)
     return GenerateOutput(*(None if x is None else x[:n_rows, :max_new_tokens] if x.ndim >= 2
@@ -226,15 +235,21 @@ class _Loop(NamedTuple):
 
 @functools.partial(jax.jit, static_argnums=(0,),
                    static_argnames=("sampling", "new_bucket", "return_logits"))
-def _generate_jit(graphdef, state, tokens, lengths, active, key, row_ids, stop_ids, pad_id,
-                  max_new, *, sampling: SamplingConfig, new_bucket: int, return_logits: bool):
+def _generate_jit(graphdef, state, layers, tokens, lengths, active, key, row_ids, stop_ids,
+                  pad_id, max_new, *, sampling: SamplingConfig, new_bucket: int,
+                  return_logits: bool):
     """Prefill and decode loop; shapes [Bb, Pb] (buckets), outputs [Bb, new_bucket]."""
     model = nnx.merge(graphdef, state)
     b, p = tokens.shape
     rows = jnp.arange(b)
+    # Prefill always runs the scanned blocks: its matmuls are compute-bound (a weight copy per
+    # layer costs little there) and the scan keeps compile time low.
     cache = KVCache.zeros(model.config, b, p + new_bucket)
     hidden, cache = _prefill_hidden(model, tokens, cache)
-    logits = model.logits(hidden[rows, lengths - 1][:, None])[:, 0]
+    if layers is not None:
+        cache = decode_layers.from_stacked(cache.k, cache.v)
+    last = hidden[rows, lengths - 1][:, None]
+    logits = (model.logits(last) if layers is None else decode_layers.logits(layers, last))[:, 0]
 
     def emit(loop: _Loop, logits: jax.Array) -> _Loop:
         t = loop.step
@@ -255,7 +270,12 @@ def _generate_jit(graphdef, state, tokens, lengths, active, key, row_ids, stop_i
 
     def body(loop: _Loop) -> _Loop:
         slots = (lengths + loop.step - 1)[:, None]  # where the previous token goes
-        logits, cache = model.forward_cached(loop.last[:, None], loop.cache, slots)
+        if layers is None:
+            logits, cache = model.forward_cached(loop.last[:, None], loop.cache, slots)
+        else:
+            x = model.embed(loop.last[:, None])
+            x, cache = decode_layers.run_layers(model.config, layers, x, slots, loop.cache)
+            logits = decode_layers.logits(layers, model.final_norm(x))
         return emit(loop._replace(cache=cache), logits[:, 0])
 
     def cond(loop: _Loop) -> jax.Array:

@@ -1,0 +1,200 @@
+"""The decode loop's layer stack: unstacked, packed per-layer weights and a per-layer KV cache.
+
+Why. The model stores its blocks stacked, every parameter [L, ...], and runs them with
+`lax.scan`, which is what training, sharding and checkpoints want. Inside a loop over layers,
+XLA:CPU reads a layer's weights through a dynamic-slice that materializes a copy of the slice
+before each matmul: every decode step copied all block weights once before reading them again,
+about doubling the memory traffic of a step that is memory-bandwidth bound. For decoding the
+weights are therefore unstacked once, outside the compiled program, into separate arrays per
+layer, and the decode step runs the blocks as an unrolled Python loop: each matmul reads its own
+weight buffer in place.
+
+While copying, the weights are packed for one-token steps (the same products; only float
+rounding order may differ):
+q, k and v become one [D, (N + 2K) H] matrix and gate and up one [D, 2F] matrix, so a layer makes
+four weight matmuls instead of seven (fewer kernel launches, one pass over x), and every weight
+is cast to the compute dtype once (a bf16 model reads half the bytes of its float32 parameters).
+The KV cache is one [B, K, S, H] key and value buffer per layer: the attention matmuls read it
+with no transpose (the model's [B, S, K, H] layout costs one cache transpose per layer and step
+on CPU) and the loop writes the new slots in place.
+
+The packed copy (`DecodeWeights`, blocks and output projection) is cached per model and reused
+while the model's parameter arrays are the same objects; any parameter update gives new arrays
+and re-packs on the next call. It costs a second copy of the weights, so it is only used for
+models of at most `MAX_PACKED_BYTES` (SmolLM2-135M: 0.54 GB) with at most `MAX_UNROLLED_LAYERS`
+layers (the unrolled step compiles in time linear in depth), and for batch buckets of at most
+`MAX_PACKED_BATCH` rows (see there); everything else, including the accelerator-sized models
+that decode sharded, keeps the scanned path in `decode.py`. Prefill always uses the scan.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from phi4_jax.model.attention import _NEG_INF
+from phi4_jax.model.config import ModelConfig
+from phi4_jax.model.rope import apply_rope
+from phi4_jax.model.transformer import Transformer
+
+MAX_PACKED_BYTES = 2 << 30
+MAX_UNROLLED_LAYERS = 64
+# Batch buckets up to this size decode with packed weights. Measured on a 2-core CPU with
+# SmolLM2-135M (ms per step, scanned -> packed): batch 1 42 -> 25, 2 45 -> 35, 4 46 -> 43,
+# 8 55 -> 61. From batch 8 on, XLA:CPU's matmul kernels are compute-bound rather than
+# bandwidth-bound, the weight copies of the scan overlap with them on the other core, and the
+# scan is faster.
+MAX_PACKED_BATCH = 4
+
+
+class LayerWeights(NamedTuple):
+    """One block's weights in the compute dtype, packed for decoding (norm scales as stored)."""
+
+    attn_norm: jax.Array  # [D]
+    qkv: jax.Array        # [D, (N + 2K) H]: q heads, then k heads, then v heads
+    o: jax.Array          # [N H, D]
+    mlp_norm: jax.Array   # [D]
+    gate_up: jax.Array    # [D, 2F]: gate columns, then up columns
+    down: jax.Array       # [F, D]
+
+
+class DecodeWeights(NamedTuple):
+    """Every block's packed weights and the output projection [D, V] in the compute dtype."""
+
+    layers: tuple[LayerWeights, ...]
+    vocab: jax.Array
+
+
+class LayerKV(NamedTuple):
+    """One layer's cache: k and v [B, K, S, H]; slot s holds position s of the row."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+DecodeCache = tuple[LayerKV, ...]
+
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def supports(model: Transformer, batch: int) -> bool:
+    """Whether `model` decodes a batch bucket of `batch` rows with packed per-layer weights."""
+    cfg = model.config
+    if cfg.num_layers > MAX_UNROLLED_LAYERS or batch > MAX_PACKED_BATCH:
+        return False
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    return sum(x.size for x in leaves) * cfg.compute_dtype.itemsize <= MAX_PACKED_BYTES
+
+
+def decode_weights(model: Transformer) -> DecodeWeights:
+    """The model's weights packed for decoding, cached while its parameters are unchanged.
+
+    One compiled call packs all layers (a few tens of ms for SmolLM2-135M), so a training loop
+    that decodes after each parameter update pays one copy of the weights per update.
+    """
+    leaves = tuple(jax.tree.leaves(nnx.state(model, nnx.Param)))
+    hit = _PACKED.get(model)
+    if hit is not None and len(hit[0]) == len(leaves) and all(
+            a is b for a, b in zip(hit[0], leaves)):
+        return hit[1]
+    _, state = nnx.split(model, nnx.Param)
+    packed = _pack(state, model.config)
+    _PACKED[model] = (leaves, packed)
+    return packed
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _pack(state: nnx.State, cfg: ModelConfig) -> DecodeWeights:
+    dt = cfg.compute_dtype
+    blocks = state["blocks"]
+    a, m = blocks["attn"], blocks["mlp"]
+    d = cfg.embed_dim
+
+    def value(p, i):
+        return p[...][i]
+
+    layers = []
+    for i in range(cfg.num_layers):
+        qkv = jnp.concatenate([value(a["q"], i).reshape(d, -1), value(a["k"], i).reshape(d, -1),
+                               value(a["v"], i).reshape(d, -1)], axis=1)
+        gate_up = jnp.concatenate([value(m["gate"], i), value(m["up"], i)], axis=1)
+        layers.append(LayerWeights(
+            attn_norm=value(blocks["attn_norm"]["scale"], i),
+            qkv=qkv.astype(dt),
+            o=value(a["o"], i).reshape(-1, d).astype(dt),
+            mlp_norm=value(blocks["mlp_norm"]["scale"], i),
+            gate_up=gate_up.astype(dt),
+            down=value(m["down"], i).astype(dt)))
+    # The tied embedding [V, D] is used in place: XLA reads the transposed operand directly.
+    vocab = (state["embed"]["embedding"][...].T if cfg.tie_embeddings
+             else state["lm_head"][...])
+    return DecodeWeights(tuple(layers), vocab.astype(dt))
+
+
+def logits(weights: DecodeWeights, h: jax.Array) -> jax.Array:
+    """float32 logits [B, T, V] of final-norm hidden states h [B, T, D] (`Transformer.logits`)."""
+    return jnp.einsum("BTD,DV->BTV", h, weights.vocab, preferred_element_type=jnp.float32)
+
+
+def from_stacked(k: jax.Array, v: jax.Array) -> DecodeCache:
+    """Per-layer [B, K, S, H] buffers from the model's stacked [L, B, S, K, H] cache."""
+    return tuple(LayerKV(k[i].swapaxes(1, 2), v[i].swapaxes(1, 2)) for i in range(k.shape[0]))
+
+
+def zeros_cache(config: ModelConfig, batch: int, max_len: int) -> DecodeCache:
+    """Zero [B, K, S, H] key and value buffers for every layer, in the compute dtype (tests)."""
+    shape = (batch, config.num_kv_heads, max_len, config.head_dim)
+    dt = config.compute_dtype
+    return tuple(LayerKV(jnp.zeros(shape, dt), jnp.zeros(shape, dt))
+                 for _ in range(config.num_layers))
+
+
+def run_layers(cfg: ModelConfig, weights: DecodeWeights, x: jax.Array, slots: jax.Array,
+               cache: DecodeCache) -> tuple[jax.Array, DecodeCache]:
+    """The block stack over x [B, T, D] whose tokens go to cache `slots` [B, T] (slot ==
+    position); each query attends to every filled slot at or before its own. Unrolled."""
+    new = []
+    for w, kv in zip(weights.layers, cache):
+        x, kv = _layer(cfg, w, x, slots, kv)
+        new.append(kv)
+    return x, tuple(new)
+
+
+def _rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm as `layers.RMSNorm` computes it: float32 statistics, output in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    return (x32 * jax.lax.rsqrt(var + eps) * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def _layer(cfg: ModelConfig, w: LayerWeights, x: jax.Array, slots: jax.Array, kv: LayerKV
+           ) -> tuple[jax.Array, LayerKV]:
+    """One pre-norm block (`block.Block` with the cached branch of `attention.Attention`)."""
+    b, t, _ = x.shape
+    n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    qkv = jnp.einsum("BTD,DE->BTE", _rms_norm(x, w.attn_norm, cfg.norm_eps), w.qkv)
+    q = apply_rope(qkv[..., :n * h].reshape(b, t, n, h), slots, cfg.rope_theta)
+    new_k = apply_rope(qkv[..., n * h:(n + k) * h].reshape(b, t, k, h), slots, cfg.rope_theta)
+    new_v = qkv[..., (n + k) * h:].reshape(b, t, k, h)
+    rows = jnp.arange(b)[:, None]
+    # [rows, :, slots] indexes [B, T, K, H]: the new entries land at each row's own slots.
+    kv = LayerKV(kv.k.at[rows, :, slots].set(new_k.astype(kv.k.dtype)),
+                 kv.v.at[rows, :, slots].set(new_v.astype(kv.v.dtype)))
+    # Grouped-query attention over all S slots, masked causally by slot (= position).
+    q = q.reshape(b, t, k, n // k, h)
+    scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, kv.k.astype(x.dtype),
+                        preferred_element_type=jnp.float32) * (h ** -0.5)
+    visible = jnp.arange(kv.k.shape[2])[None, None, :] <= slots[:, :, None]  # [B, T, S]
+    scores = jnp.where(visible[:, None, None], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    ctx = jnp.einsum("BKGTS,BKSH->BTKGH", probs, kv.v.astype(x.dtype),
+                     preferred_element_type=jnp.float32).astype(x.dtype)
+    x = x + jnp.einsum("BTE,ED->BTD", ctx.reshape(b, t, n * h), w.o)
+    gate_up = jnp.einsum("BTD,DF->BTF", _rms_norm(x, w.mlp_norm, cfg.norm_eps), w.gate_up)
+    gate, up = jnp.split(gate_up, 2, axis=-1)
+    return x + jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, w.down), kv

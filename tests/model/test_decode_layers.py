@@ -1,0 +1,78 @@
+"""Packed per-layer decoding (`decode_layers`) against the scanned decode path and its cache."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from phi4_jax.model import decode, decode_layers, init_model, preset
+from phi4_jax.model.decode import generate
+from phi4_jax.model.sampling import SamplingConfig
+
+VOCAB = 256
+_RNG = np.random.default_rng(1)
+PROMPTS = [_RNG.integers(0, VOCAB, n).tolist() for n in (7, 3, 15, 1)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return init_model(preset("tiny", dtype="float32", vocab_size=VOCAB, init_std=0.1), seed=0)
+
+
+def _both(model, monkeypatch, **kw):
+    """generate(**kw) with packed weights, then with the scanned stack."""
+    assert decode_layers.supports(model, 4)
+    packed = generate(model, PROMPTS, **kw)
+    monkeypatch.setattr(decode_layers, "supports", lambda m, b: False)
+    scanned = generate(model, PROMPTS, **kw)
+    return packed, scanned
+
+
+def test_packed_path_matches_scanned_path(model, monkeypatch):
+    packed, scanned = _both(model, monkeypatch, max_new_tokens=12, stop_tokens=(),
+                            return_logits=True)
+    np.testing.assert_array_equal(packed.tokens, scanned.tokens)
+    np.testing.assert_allclose(packed.logits, scanned.logits, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(packed.logprobs, scanned.logprobs, atol=1e-5)
+
+
+def test_packed_path_matches_scanned_path_when_sampling(model, monkeypatch):
+    cfg = SamplingConfig(temperature=1.0, top_p=0.9)
+    packed, scanned = _both(model, monkeypatch, max_new_tokens=9, sampling=cfg,
+                            key=jax.random.key(5), stop_tokens=(3, 4))
+    np.testing.assert_array_equal(packed.tokens, scanned.tokens)
+    np.testing.assert_array_equal(packed.lengths, scanned.lengths)
+    np.testing.assert_array_equal(packed.stopped, scanned.stopped)
+
+
+def test_large_batches_and_models_keep_the_scan(model, monkeypatch):
+    assert not decode_layers.supports(model, decode_layers.MAX_PACKED_BATCH * 2)
+    monkeypatch.setattr(decode_layers, "MAX_PACKED_BYTES", 0)
+    assert not decode_layers.supports(model, 1)
+
+
+def test_packed_weights_are_cached_until_the_parameters_change(model):
+    first = decode_layers.decode_weights(model)
+    assert decode_layers.decode_weights(model) is first
+    cfg = model.config
+    assert len(first.layers) == cfg.num_layers
+    d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    assert first.layers[0].qkv.shape == (d, (n + 2 * k) * h)
+    assert first.layers[0].gate_up.shape == (d, 2 * cfg.mlp_dim)
+    assert first.vocab.shape == (d, cfg.vocab_size)
+    np.testing.assert_array_equal(first.layers[1].down, model.blocks.mlp.down[...][1])
+
+    changed = nnx.clone(model)
+    changed.blocks.mlp.down[...] = changed.blocks.mlp.down[...] * 2.0
+    repacked = decode_layers.decode_weights(changed)
+    assert repacked is not first
+    np.testing.assert_array_equal(repacked.layers[1].down, 2.0 * first.layers[1].down)
+    decode_layers.decode_weights(model)  # the original model's cache entry is its own
+    assert decode_layers.decode_weights(model) is first
+
+
+def test_packed_path_compiles_once_per_bucket(model):
+    generate(model, PROMPTS, max_new_tokens=5, stop_tokens=())
+    size = decode._generate_jit._cache_size()
+    generate(model, PROMPTS[:3], max_new_tokens=16, stop_tokens=(9,))
+    assert decode._generate_jit._cache_size() == size
