@@ -8,8 +8,9 @@ vocab 32064), float32, no rematerialization, full-sequence logits, cross-entropy
 position, AdamW (b 0.9/0.95, eps 1e-8, decay 0.1) with global-norm clipping at 1.0, the same
 token batch. JAX runs the project's own jitted, donated train step (phi4_jax.train.program);
 PyTorch runs eager Phi3ForCausalLM with SDPA attention and torch.optim.AdamW. Rounds alternate
-between the two so machine load hits both alike; the table reports the best round (the least
-disturbed by other load) and the median.
+between the two so machine load hits both alike; within a round each side first runs one
+untimed step (`--settle`), because a step that starts right after the other side's runs up to
+15% slower. The table reports the best round (the least disturbed by other load) and the median.
 
 Model FLOPs per token follow phi4_jax.train.flops (6 x matmul params + causal attention). The
 CPU's matmul peak is the best of a float32 square-matmul chain measured with XLA and with torch.
@@ -34,6 +35,9 @@ def parse_args():
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--rounds", type=int, default=4, help="timed steps per side")
     p.add_argument("--scan_layers", type=int, default=0, help="1: lax.scan over layers")
+    p.add_argument("--settle", type=int, default=1, help="untimed steps before each timed one: "
+                   "a step run right after the other side's is up to 15%% slower (its thread "
+                   "pools still spinning, caches cold)")
     p.add_argument("--xla_flags", default="", help="extra XLA_FLAGS for the JAX side")
     return p.parse_args()
 
@@ -140,6 +144,8 @@ def main():
     times: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(args.rounds):
         for name, fn in sides.items():
+            for _ in range(args.settle):  # untimed: the other side's threads wind down
+                fn()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
