@@ -28,6 +28,8 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
+from phi4_jax.posttrain.jsonl import read_lines
+
 PAIR_SCHEMA = "phi4_jax.pair/v1"
 PIVOT_SCHEMA = "phi4_jax.pivot/v1"
 SFT_SCHEMA = "phi4_jax.sft/v1"
@@ -239,26 +241,21 @@ def iter_records(path: str | os.PathLike, kind: Kind, report: ReadReport | None 
     parse = PARSERS[kind]
     report = report if report is not None else ReadReport(str(path))
     seen: set[str] = set()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                report.add(line_no, "invalid JSON", f"invalid JSON ({e.msg} at column {e.colno})")
-                continue
-            try:
-                record = parse(obj, vocab_size)
-            except RecordError as e:
-                report.add(line_no, f"{e.field}", str(e))
-                continue
-            if record.id in seen:
-                report.add(line_no, "duplicate id", f"id: duplicate {record.id!r}")
-                continue
-            seen.add(record.id)
-            report.valid += 1
-            yield record
+    for line_no, obj, error in read_lines(path):
+        if error:
+            report.add(line_no, "invalid JSON", error)
+            continue
+        try:
+            record = parse(obj, vocab_size)
+        except RecordError as e:
+            report.add(line_no, f"{e.field}", str(e))
+            continue
+        if record.id in seen:
+            report.add(line_no, "duplicate id", f"id: duplicate {record.id!r}")
+            continue
+        seen.add(record.id)
+        report.valid += 1
+        yield record
 
 
 def read_records(path: str | os.PathLike, kind: Kind, *, vocab_size: int | None = None

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from phi4_jax.posttrain.jsonl import read_lines
 from phi4_jax.posttrain.oracles import ORACLES, Oracle, Question, oracle_for
 from phi4_jax.posttrain.pairs import JsonlWriter
 from phi4_jax.posttrain.pts import Problem, PTSConfig, Stats, false_pivot_probability, search_batch
@@ -50,37 +51,35 @@ def load_questions(path: str) -> tuple[list[Question], list[str]]:
     """Questions from JSONL (Question's fields); malformed lines are reported, not fatal."""
     fields = {f.name for f in dataclasses.fields(Question)}
     questions, problems, seen = [], [], set()
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
-                unknown = set(obj) - fields
-                if unknown:
-                    raise ValueError(f"unknown fields {sorted(unknown)}")
-                if "choices" in obj:
-                    obj["choices"] = tuple(obj["choices"])
-                q = Question(**obj)
-                if not isinstance(q.id, str) or not q.id or q.id in seen:
-                    raise ValueError(f"id {q.id!r} is empty, not a string or a duplicate")
-                if not isinstance(q.prompt, str) or not q.prompt.strip():
-                    raise ValueError("prompt must be a non-empty string")
-                for name in ("answer", "kind", "tests", "context", "reply_prefix"):
-                    if not isinstance(getattr(q, name), str):
-                        raise ValueError(f"{name} must be a string")
-                if q.kind not in ORACLES:
-                    raise ValueError(f"kind {q.kind!r} is not one of {sorted(ORACLES)}")
-                if not all(isinstance(c, str) for c in q.choices) or not isinstance(
-                        q.entry_point, str | None):
-                    raise ValueError("choices must be strings and entry_point a string")
-            except (ValueError, TypeError) as e:
-                problems.append(f"{path}:{line_no}: {e}")
-                continue
-            seen.add(q.id)
-            questions.append(q)
+    for line_no, obj, error in read_lines(path):
+        try:
+            if error:
+                raise ValueError(error)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            unknown = set(obj) - fields
+            if unknown:
+                raise ValueError(f"unknown fields {sorted(unknown)}")
+            if "choices" in obj:
+                obj["choices"] = tuple(obj["choices"])
+            q = Question(**obj)
+            if not isinstance(q.id, str) or not q.id or q.id in seen:
+                raise ValueError(f"id {q.id!r} is empty, not a string or a duplicate")
+            if not isinstance(q.prompt, str) or not q.prompt.strip():
+                raise ValueError("prompt must be a non-empty string")
+            for name in ("answer", "kind", "tests", "context", "reply_prefix"):
+                if not isinstance(getattr(q, name), str):
+                    raise ValueError(f"{name} must be a string")
+            if q.kind not in ORACLES:
+                raise ValueError(f"kind {q.kind!r} is not one of {sorted(ORACLES)}")
+            if not all(isinstance(c, str) for c in q.choices) or not isinstance(
+                    q.entry_point, str | None):
+                raise ValueError("choices must be strings and entry_point a string")
+        except (ValueError, TypeError) as e:
+            problems.append(f"{path}:{line_no}: {e}")
+            continue
+        seen.add(q.id)
+        questions.append(q)
     return questions, problems
 
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import json
 import string
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
+from phi4_jax.posttrain.jsonl import read_lines
 from phi4_jax.posttrain.pairs import Pair, SFTExample
 from phi4_jax.posttrain.sampler import Sampler
 
@@ -43,27 +43,25 @@ class TriviaSeed:
 def read_seeds(path: str) -> tuple[list[TriviaSeed], list[str]]:
     """Seeds from JSONL {"id", "question", "answer", "aliases"?}; bad lines are reported."""
     seeds, problems, seen = [], [], set()
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
-                for key in ("id", "question", "answer"):
-                    if not isinstance(obj.get(key), str) or not obj[key].strip():
-                        raise ValueError(f"{key}: missing or not a non-empty string")
-                aliases = obj.get("aliases", [])
-                if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-                    raise ValueError("aliases: must be a list of strings")
-                if obj["id"] in seen:
-                    raise ValueError(f"id: duplicate {obj['id']!r}")
-            except (ValueError, json.JSONDecodeError) as e:
-                problems.append(f"{path}:{line_no}: {e}")
-                continue
-            seen.add(obj["id"])
-            seeds.append(TriviaSeed(obj["id"], obj["question"], obj["answer"], tuple(aliases)))
+    for line_no, obj, error in read_lines(path):
+        try:
+            if error:
+                raise ValueError(error)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            for key in ("id", "question", "answer"):
+                if not isinstance(obj.get(key), str) or not obj[key].strip():
+                    raise ValueError(f"{key}: missing or not a non-empty string")
+            aliases = obj.get("aliases", [])
+            if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+                raise ValueError("aliases: must be a list of strings")
+            if obj["id"] in seen:
+                raise ValueError(f"id: duplicate {obj['id']!r}")
+        except ValueError as e:
+            problems.append(f"{path}:{line_no}: {e}")
+            continue
+        seen.add(obj["id"])
+        seeds.append(TriviaSeed(obj["id"], obj["question"], obj["answer"], tuple(aliases)))
     return seeds, problems
 
 

@@ -111,9 +111,12 @@ def test_load_questions_counts_malformed_lines(tmp_path):
         json.dumps({"id": "e", "prompt": "What is 6*7?", "answer": 42}),
         json.dumps({"id": "f", "prompt": "Write", "kind": "essay"}),
     ]) + "\n")
+    with open(path, "ab") as f:  # a line of damaged bytes, then a good record after it
+        f.write(b'{"id": "g", "prompt": "\xff\xfe broken"\n')
+        f.write(json.dumps({"id": "h", "prompt": "What is 1+1?", "answer": "2"}).encode() + b"\n")
     questions, problems = load_questions(str(path))
-    assert [q.id for q in questions] == ["a", "d"] and questions[1].choices == ("x", "y")
-    assert len(problems) == 7
+    assert [q.id for q in questions] == ["a", "d", "h"] and questions[1].choices == ("x", "y")
+    assert len(problems) == 8 and problems[7].startswith(f"{path}:10: invalid JSON")
     assert problems[0].startswith(f"{path}:2:") and "unknown fields ['colour']" in problems[1]
     assert "duplicate" in problems[2] and f"{path}:5:" in problems[3]
     assert problems[5] == f"{path}:8: answer must be a string"

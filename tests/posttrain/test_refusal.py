@@ -150,9 +150,12 @@ def test_read_seeds_counts_malformed_lines(tmp_path):
         "",
         json.dumps({"id": "d", "question": "Q?", "answer": "D"}),
     ]))
+    with open(path, "ab") as f:  # invalid UTF-8 inside a record: reported, the next one kept
+        f.write(b'\n{"id": "e", "question": "\xff?", "answer": 3}\n')
+        f.write(json.dumps({"id": "f", "question": "Q?", "answer": "F"}).encode() + b"\n")
     seeds, problems = read_seeds(str(path))
-    assert [s.id for s in seeds] == ["a", "d"] and seeds[0].aliases == ("AA",)
-    assert [p.split(": ", 1)[0] for p in problems] == [f"{path}:{i}" for i in (2, 3, 4, 5)]
+    assert [s.id for s in seeds] == ["a", "d", "f"] and seeds[0].aliases == ("AA",)
+    assert [p.split(": ", 1)[0] for p in problems] == [f"{path}:{i}" for i in (2, 3, 4, 5, 8)]
     assert "answer: missing" in problems[0] and "duplicate" in problems[3]
 
 
