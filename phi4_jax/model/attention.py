@@ -10,7 +10,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from phi4_jax.model.config import ModelConfig
-from phi4_jax.model.layers import cast, param
+from phi4_jax.model.layers import cast, lowering_platform, matmul, param
 from phi4_jax.model.rope import apply_rope
 from phi4_jax.sharding import axes as ax
 
@@ -30,9 +30,7 @@ def resolve_impl(config: ModelConfig) -> str:
         return config.attention
     # The platform we lower for: the active mesh's devices (an ahead-of-time compile for TPU on
     # a CPU host), else the default backend.
-    partitioner = ax.active()
-    platform = (partitioner.mesh.devices.flat[0].platform if partitioner is not None
-                else jax.default_backend())
+    platform = lowering_platform()
     if platform == "tpu":
         return "splash"
     if platform == "gpu" and config.dtype in ("bfloat16", "float16"):
@@ -118,9 +116,9 @@ class Attention(nnx.Module):
         """
         cfg = self.config
         dt = cfg.compute_dtype
-        q = jnp.einsum("BTD,DNH->BTNH", x, cast(self.q, dt))
-        k = jnp.einsum("BTD,DKH->BTKH", x, cast(self.k, dt))
-        v = jnp.einsum("BTD,DKH->BTKH", x, cast(self.v, dt))
+        q = matmul(x, cast(self.q, dt))  # [B, T, N, H]
+        k = matmul(x, cast(self.k, dt))  # [B, T, K, H]
+        v = matmul(x, cast(self.v, dt))
         q = ax.constrain(apply_rope(q, positions, cfg.rope_theta),
                          (ax.BATCH, ax.SEQ, ax.HEADS, ax.HEAD_DIM))
         k = ax.constrain(apply_rope(k, positions, cfg.rope_theta),
@@ -155,5 +153,5 @@ class Attention(nnx.Module):
 
         out = ax.constrain(out, (ax.BATCH, ax.SEQ, ax.HEADS, ax.HEAD_DIM))
         out = checkpoint_name(out, "attn_context")
-        y = jnp.einsum("BTNH,NHD->BTD", out, cast(self.o, dt))
+        y = matmul(out, cast(self.o, dt), contract=2)  # [B, T, D]
         return y, new_cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -87,6 +89,67 @@ class Embed(nnx.Module):
 
 
 
+def lowering_platform() -> str:
+    """The platform being compiled for: the active mesh's devices (e.g. TPU devices in an
+    ahead-of-time compile on a CPU host), else the default backend."""
+    partitioner = ax.active()
+    if partitioner is not None:
+        return partitioner.mesh.devices.flat[0].platform
+    return jax.default_backend()
+
+
+def _contract(x: jax.Array, w: jax.Array, k: int) -> jax.Array:
+    """x [..., K1..Kk] . w [K1..Kk, N...] -> [..., N...]."""
+    dims = ((tuple(range(x.ndim - k, x.ndim)), tuple(range(k))), ((), ()))
+    return jax.lax.dot_general(x, w, dims)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_cpu(x: jax.Array, w: jax.Array, k: int) -> jax.Array:
+    return _contract(x, w, k)
+
+
+def _matmul_cpu_fwd(x, w, k):
+    return _contract(x, w, k), (x, w)
+
+
+def _matmul_cpu_bwd(k, residuals, dy):
+    x, w = residuals
+    return _matmul_grads(x, w, dy, k)
+
+
+def _matmul_grads(x: jax.Array, w: jax.Array, dy: jax.Array, k: int):
+    """(dx, dw) of x . w, with the weight gradient as one plain [K, M] @ [M, N] matmul over an
+    explicitly transposed activation (see `matmul`)."""
+    n_out = w.ndim - k
+    dims = ((tuple(range(dy.ndim - n_out, dy.ndim)), tuple(range(k, w.ndim))), ((), ()))
+    dx = jax.lax.dot_general(dy, w, dims).astype(x.dtype)
+    rows = math.prod(w.shape[:k])
+    x_t = jax.lax.optimization_barrier(x.reshape(-1, rows).T)
+    dw = (x_t @ dy.reshape(-1, math.prod(w.shape[k:])).astype(x.dtype)).reshape(w.shape)
+    return dx, dw.astype(w.dtype)
+
+
+_matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
+
+
+def matmul(x: jax.Array, w: jax.Array, contract: int = 1) -> jax.Array:
+    """A projection: x [..., K1..Kk] . w [K1..Kk, N...] -> [..., N...] (k = `contract`).
+
+    Same values everywhere; on CPU the backward pass is written by hand. XLA:CPU lowers the
+    weight gradient x^T dy of an autodiff'd einsum by transposing the *activation gradient*
+    ([tokens, 2560] for an MLP, [tokens, vocab] for the LM head) and fuses that transpose into
+    the elementwise backward that produces it, which then writes with a stride of a full row:
+    ~20% of a CPU train step (docs/training.md). Here the smaller activation is transposed
+    instead, by itself (the optimization barrier keeps XLA from folding it back into the dot),
+    and the gradient is one canonical matmul. TPU and GPU programs keep autodiff's einsum, whose
+    layouts their compilers choose well.
+    """
+    if lowering_platform() == "cpu":
+        return _matmul_cpu(x, w, contract)
+    return _contract(x, w, contract)
+
+
 VOCAB_WEIGHT_AXES: ax.LogicalAxes = (ax.EMBED, ax.VOCAB)
 
 
@@ -110,8 +173,11 @@ def _project_fwd(h, w):
 def _project_bwd(residuals, g):
     h, w = residuals
     g = g.astype(h.dtype)
-    _, vjp = jax.vjp(lambda h, w: jnp.einsum("BTD,DV->BTV", h, w), h, w)
-    dh, dw = vjp(g)
+    if lowering_platform() == "cpu":  # the hand-written weight gradient of `matmul`
+        dh, dw = _matmul_grads(h, w, g, 1)
+    else:
+        _, vjp = jax.vjp(lambda h, w: jnp.einsum("BTD,DV->BTV", h, w), h, w)
+        dh, dw = vjp(g)
     return dh, ax.constrain(dw, VOCAB_WEIGHT_AXES)
 
 

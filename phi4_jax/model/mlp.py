@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from phi4_jax.model.config import ModelConfig
-from phi4_jax.model.layers import cast, param
+from phi4_jax.model.layers import cast, matmul, param
 from phi4_jax.sharding import axes as ax
 
 
@@ -23,9 +22,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype
-        gate = jnp.einsum("BTD,DF->BTF", x, cast(self.gate, dt))
-        up = jnp.einsum("BTD,DF->BTF", x, cast(self.up, dt))
+        gate = matmul(x, cast(self.gate, dt))
+        up = matmul(x, cast(self.up, dt))
         hidden = jax.nn.silu(gate) * up
         hidden = ax.constrain(hidden, (ax.BATCH, ax.SEQ, ax.MLP))
         hidden = checkpoint_name(hidden, "mlp_hidden")
-        return jnp.einsum("BTF,FD->BTD", hidden, cast(self.down, dt))
+        return matmul(hidden, cast(self.down, dt))
