@@ -145,7 +145,8 @@ def test_strict_mode(iso):
 
 
 def test_infinite_loop_wall_and_cpu_limits():
-    r = run_python("while True: pass", timeout_s=1)
+    # The CPU limit defaults to ceil(timeout_s): a busy loop would race the two; raise it here.
+    r = run_python("while True: pass", config=SandboxConfig(timeout_s=1, cpu_s=10))
     assert r.status == "timeout" and "wall-clock" in r.reason and r.wall_s < 4
     r = run_python("while True: pass", config=SandboxConfig(timeout_s=6, cpu_s=1))
     assert r.status == "timeout" and "CPU" in r.reason and r.returncode == -24  # SIGXCPU
