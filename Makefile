@@ -38,3 +38,4 @@ bench: setup
 	JAX_PLATFORMS=cpu $(PY) bench/decode.py
 	JAX_PLATFORMS=cpu $(PY) bench/train_step.py
 	JAX_PLATFORMS=cpu $(PY) bench/data.py
+	$(PY) bench/aot.py
