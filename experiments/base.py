@@ -153,6 +153,15 @@ def token_budget(config: config_dict.ConfigDict, total_tokens: float) -> config_
     return config
 
 
+def scale_loss_chunks(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+    """train.loss_vocab_chunks scaled with data.seq_len from the base's (8 slices at 4096), so
+    each float32 logits block per sequence stays the pretraining size (16K: 32 slices)."""
+    defaults = base_config()
+    config.train.loss_vocab_chunks = (defaults.train.loss_vocab_chunks
+                                      * config.data.seq_len // defaults.data.seq_len)
+    return config
+
+
 # Model fields that set the size: `shrink` hands them back to the tiny preset.
 _SIZE_FIELDS = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
                 "vocab_size", "max_seq_len")

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 
-from experiments.base import base_config, parse_arg, shrink
+from experiments.base import base_config, parse_arg, scale_loss_chunks, shrink
 
 PAIRS = 250_297  # Table 7
 PAIRS_PER_ROW = 4  # an assumption for the step count; `pair_data plan` measures it
@@ -62,7 +62,7 @@ def dpo_config(*, name: str, pairs: str, num_pairs: int, seq_len: int, init_from
     c.train.per_device_batch = 1
     c.train.steps = math.ceil(num_pairs / (PAIRS_PER_ROW * GLOBAL_BATCH))
     c.optimizer.warmup_steps = c.train.steps // 10
-    c.train.loss_vocab_chunks = 8 * seq_len // 4096  # logits blocks as in pre-training
+    scale_loss_chunks(c)  # logits blocks as in pre-training
     c.train.checkpoint_every = 100
     c.train.init_from = init_from
     if smoke:

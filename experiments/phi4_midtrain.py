@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from data_mixtures.phi4_midtrain import TOTAL_TOKENS
 from experiments import phi4_pretrain
-from experiments.base import parse_arg, shrink, token_budget
+from experiments.base import parse_arg, scale_loss_chunks, shrink, token_budget
 from phi4_jax.model import preset
 
 SEQ_LEN = 16_384
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None):
     c.optimizer.peak_lr = c.optimizer.peak_lr * LR_FACTOR
     c.optimizer.warmup_steps = WARMUP_STEPS
     c.train.global_batch = pretrain_tokens_per_step // SEQ_LEN
-    c.train.loss_vocab_chunks = c.train.loss_vocab_chunks * SEQ_LEN // pretrain_seq_len
+    scale_loss_chunks(c)
     c.train.init_from = "workdirs/phi4_pretrain"
     token_budget(c, TOTAL_TOKENS)
     if args.smoke:

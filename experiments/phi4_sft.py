@@ -32,7 +32,7 @@ tiny model in 20 steps), from workdirs/phi4_midtrain_smoke.
 from __future__ import annotations
 
 from data_mixtures.phi4_sft import TOTAL_TOKENS
-from experiments.base import base_config, parse_arg, shrink, token_budget
+from experiments.base import base_config, parse_arg, scale_loss_chunks, shrink, token_budget
 
 PEAK_LR = 1e-6  # the paper
 SEQ_LEN = 16_384  # not stated: the mid-trained context
@@ -53,7 +53,7 @@ def get_config(arg: str | None = None):
     c.optimizer.warmup_steps = WARMUP_STEPS
     c.train.global_batch = GLOBAL_BATCH
     c.train.per_device_batch = 1
-    c.train.loss_vocab_chunks = 32  # float32 logits blocks of 16384 x 3136 per sequence
+    scale_loss_chunks(c)  # 32 at 16384: float32 logits blocks of 16384 x 3136
     c.train.checkpoint_every = 200
     c.train.init_from = "workdirs/phi4_midtrain"
     token_budget(c, TOTAL_TOKENS)
