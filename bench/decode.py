@@ -76,7 +76,53 @@ def worker_ours(batches: list[int], new: int, repeats: int) -> dict:
             return np.asarray(jax.block_until_ready(result.tokens)).tolist()
 
         out[batch] = _measure(run, repeats)
+
+        def prefill(rows=rows):  # prompt pass + the first token only
+            result = generate(model, rows, max_new_tokens=1, stop_tokens=())
+            return np.asarray(jax.block_until_ready(result.tokens)).tolist()
+
+        out[batch]["prefill"] = min(_measure(prefill, repeats)["times"])
+    out[0] = {"floor": _weight_floor(model, repeats)}
+    from phi4_jax.model import decode_layers
+
+    out[0]["bytes"] = sum(x.size * x.dtype.itemsize
+                          for x in jax.tree.leaves(decode_layers.decode_weights(model)))
     return out
+
+
+def _weight_floor(model, repeats: int) -> float | None:
+    """Seconds to read every weight of a decode step once (one row, the CPU kernel), the least a
+    bandwidth-bound one-token step can take on this machine; None without the kernel."""
+    import jax
+    import jax.numpy as jnp
+
+    from phi4_jax import kernels
+    from phi4_jax.model import decode_layers
+
+    if not decode_layers.uses_kernel(model.config):
+        return None
+    weights = decode_layers.decode_weights(model)
+    mats = [w for layer in weights.layers for w in (layer.qkv, layer.o, layer.gate_up,
+                                                     layer.down)] + [weights.vocab]
+
+    @jax.jit
+    def read_all(mats):
+        # Chained like the layers (each product's input depends on the previous one).
+        y = jnp.zeros((1, mats[0].shape[1]), jnp.float32)
+        total = jnp.float32(0)
+        for w in mats:
+            x = jnp.broadcast_to(y[:, :1], (1, w.shape[1]))
+            out = kernels.small_matmul(x, w, w.shape[0] * kernels.PANEL)
+            total, y = total + out[0, 0], out
+        return total
+
+    jax.block_until_ready(read_all(mats))
+    times = []
+    for _ in range(max(repeats, 5)):
+        start = time.perf_counter()
+        jax.block_until_ready(read_all(mats))
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def worker_hf(batches: list[int], new: int, repeats: int, threads: int) -> dict:
@@ -118,7 +164,8 @@ def _run_worker(side: str, args: argparse.Namespace, threads: int = 0) -> dict:
     load = os.getloadavg()[0]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"load": load, **{int(k): v for k, v in result.items()}}
+    result = {int(k): v for k, v in result.items()}
+    return {"load": load, **result, **result.pop(0, {})}
 
 
 def _same_until_eos(ours: list[int], theirs: list[int], eos: int) -> bool:
@@ -156,36 +203,53 @@ def main() -> None:
     _, _, eos = _prompt_ids()
     ours = _run_worker("ours", args)
     theirs = {t: _run_worker("hf", args, t) for t in args.torch_threads}
+    from phi4_jax import kernels
     from phi4_jax.model import decode_layers
+
+    kernel = kernels.available()  # as the worker saw it (same machine, cached build)
+    limit = decode_layers.MAX_PACKED_BATCH if kernel else decode_layers.MAX_PACKED_BATCH_XLA
 
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"SmolLM2-135M-Instruct, float32, CPU ({os.cpu_count()} cores, {threads} usable "
           f"threads), greedy, "
           f"{args.new_tokens} new tokens per row, median of {args.repeats} calls; jax "
           f"{jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
+    floor = ours["floor"]
     header = ("batch", "implementation", "torch threads", "load avg", "first call s",
-              "median s", "tokens/s", "ours / theirs", "rows identical to ours")
+              "prefill s", "median s", "tokens/s", "ours / theirs", "bound on ours / theirs",
+              "rows identical to ours")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for batch in args.batch_sizes:
         mine = ours[batch]
         ours_tps = batch * args.new_tokens / statistics.median(mine["times"])
-        path = "packed layers" if batch <= decode_layers.MAX_PACKED_BATCH else "scanned layers"
+        path = ("scanned layers" if batch > limit
+                else "packed layers, CPU kernel" if kernel else "packed layers")
+        # No call can beat its prefill plus one weight read per further token.
+        best = None if floor is None else mine["prefill"] + (args.new_tokens - 1) * floor
         print(f"| {batch} | phi4_jax generate ({path}) | - | {ours['load']:.1f} | "
-              f"{mine['first']:.2f} | {statistics.median(mine['times']):.3f} | "
-              f"{ours_tps:.1f} | | |")
+              f"{mine['first']:.2f} | {mine['prefill']:.3f} | "
+              f"{statistics.median(mine['times']):.3f} | {ours_tps:.1f} | | "
+              f"{'' if best is None else f'(fastest possible: {best:.3f} s)'} | |")
         for threads, result in theirs.items():
             r = result[batch]
             med = statistics.median(r["times"])
             tps = batch * args.new_tokens / med
             same = sum(_same_until_eos(a, b, eos) for a, b in zip(mine["tokens"], r["tokens"]))
+            bound = "" if best is None else f"{med / best:.2f}x"
             print(f"| {batch} | transformers generate | {threads} | {result['load']:.1f} | "
-                  f"{r['first']:.2f} | {med:.3f} | {tps:.1f} | {ours_tps / tps:.2f}x | "
-                  f"{same}/{batch} |")
+                  f"{r['first']:.2f} | | {med:.3f} | {tps:.1f} | {ours_tps / tps:.2f}x | "
+                  f"{bound} | {same}/{batch} |")
     print("first call: our compile + run, or transformers' warm-up run (excluded from "
-          "tokens/s). rows identical: greedy tokens equal up to our first eos (transformers' "
-          "min_new_tokens masks eos after that). load avg: 1-minute load when the side started.")
-
+          "tokens/s). prefill: our call with max_new_tokens=1 (best of the repeats). rows "
+          "identical: greedy tokens equal up to our first eos (transformers' min_new_tokens "
+          "masks eos after that). load avg: 1-minute load when the side started.")
+    if floor is not None:
+        print(f"bound: one decode step reads every float32 weight once; doing only that (the "
+              f"kernel over all {ours['bytes'] / 1e6:.0f} MB of packed weights, one row) takes "
+              f"{floor * 1e3:.1f} ms here ({ours['bytes'] / floor / 1e9:.1f} GB/s), so no "
+              f"call can take less than prefill + {args.new_tokens - 1} x {floor * 1e3:.1f} ms; "
+              f"'bound on ours / theirs' is the best ratio that leaves.")
 
 if __name__ == "__main__":
     main()

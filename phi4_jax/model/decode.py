@@ -249,7 +249,8 @@ def _generate_jit(graphdef, state, layers, tokens, lengths, active, key, row_ids
     if layers is not None:
         cache = decode_layers.from_stacked(cache.k, cache.v)
     last = hidden[rows, lengths - 1][:, None]
-    logits = (model.logits(last) if layers is None else decode_layers.logits(layers, last))[:, 0]
+    logits = (model.logits(last) if layers is None
+              else decode_layers.logits(model.config, layers, last))[:, 0]
 
     def emit(loop: _Loop, logits: jax.Array) -> _Loop:
         t = loop.step
@@ -275,7 +276,7 @@ def _generate_jit(graphdef, state, layers, tokens, lengths, active, key, row_ids
         else:
             x = model.embed(loop.last[:, None])
             x, cache = decode_layers.run_layers(model.config, layers, x, slots, loop.cache)
-            logits = decode_layers.logits(layers, model.final_norm(x))
+            logits = decode_layers.logits(model.config, layers, model.final_norm(x))
         return emit(loop._replace(cache=cache), logits[:, 0])
 
     def cond(loop: _Loop) -> jax.Array:

@@ -14,6 +14,9 @@ rounding order may differ):
 q, k and v become one [D, (N + 2K) H] matrix and gate and up one [D, 2F] matrix, so a layer makes
 four weight matmuls instead of seven (fewer kernel launches, one pass over x), and every weight
 is cast to the compute dtype once (a bf16 model reads half the bytes of its float32 parameters).
+A float32 model on the CPU backend stores each matrix as column panels for the FFI kernel
+`phi4_jax.kernels.small_matmul`, which streams every weight once for all rows of the batch
+(XLA:CPU's GEMM reaches about half that bandwidth from two rows on).
 The KV cache is one [B, K, S, H] key and value buffer per layer: the attention matmuls read it
 with no transpose (the model's [B, S, K, H] layout costs one cache transpose per layer and step
 on CPU) and the loop writes the new slots in place.
@@ -23,8 +26,9 @@ while the model's parameter arrays are the same objects; any parameter update gi
 and re-packs on the next call. It costs a second copy of the weights, so it is only used for
 models of at most `MAX_PACKED_BYTES` (SmolLM2-135M: 0.54 GB) with at most `MAX_UNROLLED_LAYERS`
 layers (the unrolled step compiles in time linear in depth), and for batch buckets of at most
-`MAX_PACKED_BATCH` rows (see there); everything else, including the accelerator-sized models
-that decode sharded, keeps the scanned path in `decode.py`. Prefill always uses the scan.
+`max_packed_batch` rows (see `MAX_PACKED_BATCH`); everything else, including the
+accelerator-sized models that decode sharded, keeps the scanned path in `decode.py`. Prefill
+always uses the scan.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from phi4_jax import kernels
 from phi4_jax.model.attention import _NEG_INF
 from phi4_jax.model.config import ModelConfig
 from phi4_jax.model.rope import apply_rope
@@ -44,16 +49,23 @@ from phi4_jax.model.transformer import Transformer
 
 MAX_PACKED_BYTES = 2 << 30
 MAX_UNROLLED_LAYERS = 64
-# Batch buckets up to this size decode with packed weights. Measured on a 2-core CPU with
-# SmolLM2-135M (ms per step, scanned -> packed): batch 1 42 -> 25, 2 45 -> 35, 4 46 -> 43,
-# 8 55 -> 61. From batch 8 on, XLA:CPU's matmul kernels are compute-bound rather than
-# bandwidth-bound, the weight copies of the scan overlap with them on the other core, and the
-# scan is faster.
-MAX_PACKED_BATCH = 4
+# Batch buckets up to these sizes decode with packed weights; bigger ones keep the scan.
+# Without the CPU kernel (XLA's dot; bf16 models, accelerators, no compiler), measured on a
+# 2-core CPU with SmolLM2-135M (ms per step, scanned -> packed): batch 1 42 -> 25, 2 45 -> 35,
+# 4 46 -> 43, 8 55 -> 61: from batch 8 on XLA:CPU's GEMM is compute-bound rather than
+# bandwidth-bound, the scan's weight copies overlap with it on the other core, and the scan is
+# faster. With the kernel (`phi4_jax.kernels`, float32 on CPU), whole generate calls (32 new
+# tokens, s, scanned -> packed): batch 16 2.88 -> 2.10, 32 4.87 -> 3.62.
+MAX_PACKED_BATCH = 32
+MAX_PACKED_BATCH_XLA = 4
 
 
 class LayerWeights(NamedTuple):
-    """One block's weights in the compute dtype, packed for decoding (norm scales as stored)."""
+    """One block's weights in the compute dtype, packed for decoding (norm scales as stored).
+
+    With the CPU decode kernel (`phi4_jax.kernels`, float32 models on the CPU backend) every
+    matrix [K, N] below is stored as its column panels [ceil(N / 32), K, 32] instead.
+    """
 
     attn_norm: jax.Array  # [D]
     qkv: jax.Array        # [D, (N + 2K) H]: q heads, then k heads, then v heads
@@ -82,10 +94,20 @@ DecodeCache = tuple[LayerKV, ...]
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def uses_kernel(config: ModelConfig) -> bool:
+    """Whether packed weights are stored as panels for the CPU kernel (float32 on CPU)."""
+    return config.compute_dtype == jnp.float32 and kernels.available()
+
+
+def max_packed_batch(config: ModelConfig) -> int:
+    """The largest batch bucket that decodes with packed weights."""
+    return MAX_PACKED_BATCH if uses_kernel(config) else MAX_PACKED_BATCH_XLA
+
+
 def supports(model: Transformer, batch: int) -> bool:
     """Whether `model` decodes a batch bucket of `batch` rows with packed per-layer weights."""
     cfg = model.config
-    if cfg.num_layers > MAX_UNROLLED_LAYERS or batch > MAX_PACKED_BATCH:
+    if cfg.num_layers > MAX_UNROLLED_LAYERS or batch > max_packed_batch(cfg):
         return False
     leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
     return sum(x.size for x in leaves) * cfg.compute_dtype.itemsize <= MAX_PACKED_BYTES
@@ -103,14 +125,15 @@ def decode_weights(model: Transformer) -> DecodeWeights:
             a is b for a, b in zip(hit[0], leaves)):
         return hit[1]
     _, state = nnx.split(model, nnx.Param)
-    packed = _pack(state, model.config)
+    packed = _pack(state, model.config, uses_kernel(model.config))
     _PACKED[model] = (leaves, packed)
     return packed
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def _pack(state: nnx.State, cfg: ModelConfig) -> DecodeWeights:
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _pack(state: nnx.State, cfg: ModelConfig, panels: bool) -> DecodeWeights:
     dt = cfg.compute_dtype
+    matrix = kernels.pack_panels if panels else (lambda w: w.astype(dt))
     blocks = state["blocks"]
     a, m = blocks["attn"], blocks["mlp"]
     d = cfg.embed_dim
@@ -125,20 +148,28 @@ def _pack(state: nnx.State, cfg: ModelConfig) -> DecodeWeights:
         gate_up = jnp.concatenate([value(m["gate"], i), value(m["up"], i)], axis=1)
         layers.append(LayerWeights(
             attn_norm=value(blocks["attn_norm"]["scale"], i),
-            qkv=qkv.astype(dt),
-            o=value(a["o"], i).reshape(-1, d).astype(dt),
+            qkv=matrix(qkv),
+            o=matrix(value(a["o"], i).reshape(-1, d)),
             mlp_norm=value(blocks["mlp_norm"]["scale"], i),
-            gate_up=gate_up.astype(dt),
-            down=value(m["down"], i).astype(dt)))
-    # The tied embedding [V, D] is used in place: XLA reads the transposed operand directly.
+            gate_up=matrix(gate_up),
+            down=matrix(value(m["down"], i))))
+    # Without panels the tied embedding [V, D] is used in place: XLA reads the transposed
+    # operand directly.
     vocab = (state["embed"]["embedding"][...].T if cfg.tie_embeddings
              else state["lm_head"][...])
-    return DecodeWeights(tuple(layers), vocab.astype(dt))
+    return DecodeWeights(tuple(layers), matrix(vocab))
 
 
-def logits(weights: DecodeWeights, h: jax.Array) -> jax.Array:
+def _project(x: jax.Array, w: jax.Array, n: int, out_dtype: jnp.dtype) -> jax.Array:
+    """x [B, T, K] @ w -> [B, T, n]: w is a matrix [K, n], or its panels (CPU kernel)."""
+    if w.ndim == 3:
+        return kernels.small_matmul(x, w, n).astype(out_dtype)
+    return jnp.einsum("BTD,DE->BTE", x, w, preferred_element_type=out_dtype)
+
+
+def logits(cfg: ModelConfig, weights: DecodeWeights, h: jax.Array) -> jax.Array:
     """float32 logits [B, T, V] of final-norm hidden states h [B, T, D] (`Transformer.logits`)."""
-    return jnp.einsum("BTD,DV->BTV", h, weights.vocab, preferred_element_type=jnp.float32)
+    return _project(h, weights.vocab, cfg.vocab_size, jnp.float32)
 
 
 def from_stacked(k: jax.Array, v: jax.Array) -> DecodeCache:
@@ -177,7 +208,8 @@ def _layer(cfg: ModelConfig, w: LayerWeights, x: jax.Array, slots: jax.Array, kv
     """One pre-norm block (`block.Block` with the cached branch of `attention.Attention`)."""
     b, t, _ = x.shape
     n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    qkv = jnp.einsum("BTD,DE->BTE", _rms_norm(x, w.attn_norm, cfg.norm_eps), w.qkv)
+    d, f = cfg.embed_dim, cfg.mlp_dim
+    qkv = _project(_rms_norm(x, w.attn_norm, cfg.norm_eps), w.qkv, (n + 2 * k) * h, x.dtype)
     q = apply_rope(qkv[..., :n * h].reshape(b, t, n, h), slots, cfg.rope_theta)
     new_k = apply_rope(qkv[..., n * h:(n + k) * h].reshape(b, t, k, h), slots, cfg.rope_theta)
     new_v = qkv[..., (n + k) * h:].reshape(b, t, k, h)
@@ -192,9 +224,12 @@ def _layer(cfg: ModelConfig, w: LayerWeights, x: jax.Array, slots: jax.Array, kv
     visible = jnp.arange(kv.k.shape[2])[None, None, :] <= slots[:, :, None]  # [B, T, S]
     scores = jnp.where(visible[:, None, None], scores, _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    ctx = jnp.einsum("BKGTS,BKSH->BTKGH", probs, kv.v.astype(x.dtype),
-                     preferred_element_type=jnp.float32).astype(x.dtype)
-    x = x + jnp.einsum("BTE,ED->BTD", ctx.reshape(b, t, n * h), w.o)
-    gate_up = jnp.einsum("BTD,DF->BTF", _rms_norm(x, w.mlp_norm, cfg.norm_eps), w.gate_up)
+    # Contract into [B, K, G, T, H] and transpose after: for one-token steps (T = 1) the
+    # transpose is free, while asking the dot for [B, T, K, G, H] directly made XLA:CPU copy the
+    # result of every per-(row, head) product (2.5x the attention time at batch 8).
+    ctx = jnp.einsum("BKGTS,BKSH->BKGTH", probs, kv.v.astype(x.dtype),
+                     preferred_element_type=jnp.float32).astype(x.dtype).transpose(0, 3, 1, 2, 4)
+    x = x + _project(ctx.reshape(b, t, n * h), w.o, d, x.dtype)
+    gate_up = _project(_rms_norm(x, w.mlp_norm, cfg.norm_eps), w.gate_up, 2 * f, x.dtype)
     gate, up = jnp.split(gate_up, 2, axis=-1)
-    return x + jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, w.down), kv
+    return x + _project(jax.nn.silu(gate) * up, w.down, d, x.dtype), kv

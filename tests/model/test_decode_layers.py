@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from phi4_jax import kernels
 from phi4_jax.model import decode, decode_layers, init_model, preset
 from phi4_jax.model.decode import generate
 from phi4_jax.model.sampling import SamplingConfig
@@ -28,12 +29,42 @@ def _both(model, monkeypatch, **kw):
     return packed, scanned
 
 
-def test_packed_path_matches_scanned_path(model, monkeypatch):
+def _matrix(w, n):
+    """A packed matrix [K, n] from its panels [P, K, 32] (or as stored without the kernel)."""
+    w = np.asarray(w)
+    return w if w.ndim == 2 else w.transpose(1, 0, 2).reshape(w.shape[1], -1)[:, :n]
+
+
+def test_the_cpu_kernel_is_built_and_used_for_float32_models(model):
+    # CI has a C++ compiler: the decode path under test below is the kernel's.
+    assert kernels.available()
+    assert decode_layers.uses_kernel(model.config)
+    assert decode_layers.max_packed_batch(model.config) == decode_layers.MAX_PACKED_BATCH
+    assert decode_layers.decode_weights(model).layers[0].qkv.ndim == 3
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["cpu_kernel", "xla_dot"])
+def test_packed_path_matches_scanned_path(model, monkeypatch, kernel):
+    if not kernel:
+        monkeypatch.setattr(decode_layers, "uses_kernel", lambda cfg: False)
+        decode_layers._PACKED.pop(model, None)
     packed, scanned = _both(model, monkeypatch, max_new_tokens=12, stop_tokens=(),
                             return_logits=True)
+    decode_layers._PACKED.pop(model, None)
     np.testing.assert_array_equal(packed.tokens, scanned.tokens)
     np.testing.assert_allclose(packed.logits, scanned.logits, atol=2e-5, rtol=1e-5)
     np.testing.assert_allclose(packed.logprobs, scanned.logprobs, atol=1e-5)
+
+
+def test_packed_path_matches_scanned_path_at_the_largest_packed_batch(model, monkeypatch):
+    limit = decode_layers.max_packed_batch(model.config)
+    rows = [_RNG.integers(0, VOCAB, 1 + i % 9).tolist() for i in range(limit)]
+    assert decode_layers.supports(model, limit)
+    packed = generate(model, rows, max_new_tokens=6, stop_tokens=(), return_logits=True)
+    monkeypatch.setattr(decode_layers, "supports", lambda m, b: False)
+    scanned = generate(model, rows, max_new_tokens=6, stop_tokens=(), return_logits=True)
+    np.testing.assert_array_equal(packed.tokens, scanned.tokens)
+    np.testing.assert_allclose(packed.logits, scanned.logits, atol=2e-5, rtol=1e-5)
 
 
 def test_packed_path_matches_scanned_path_when_sampling(model, monkeypatch):
@@ -46,7 +77,7 @@ def test_packed_path_matches_scanned_path_when_sampling(model, monkeypatch):
 
 
 def test_large_batches_and_models_keep_the_scan(model, monkeypatch):
-    assert not decode_layers.supports(model, decode_layers.MAX_PACKED_BATCH * 2)
+    assert not decode_layers.supports(model, decode_layers.max_packed_batch(model.config) * 2)
     monkeypatch.setattr(decode_layers, "MAX_PACKED_BYTES", 0)
     assert not decode_layers.supports(model, 1)
 
@@ -57,16 +88,24 @@ def test_packed_weights_are_cached_until_the_parameters_change(model):
     cfg = model.config
     assert len(first.layers) == cfg.num_layers
     d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    assert first.layers[0].qkv.shape == (d, (n + 2 * k) * h)
-    assert first.layers[0].gate_up.shape == (d, 2 * cfg.mlp_dim)
-    assert first.vocab.shape == (d, cfg.vocab_size)
-    np.testing.assert_array_equal(first.layers[1].down, model.blocks.mlp.down[...][1])
+    a = model.blocks.attn
+    qkv = np.concatenate([np.asarray(a.q[...][0]).reshape(d, -1),
+                          np.asarray(a.k[...][0]).reshape(d, -1),
+                          np.asarray(a.v[...][0]).reshape(d, -1)], axis=1)
+    np.testing.assert_array_equal(_matrix(first.layers[0].qkv, (n + 2 * k) * h), qkv)
+    gate_up = _matrix(first.layers[0].gate_up, 2 * cfg.mlp_dim)
+    np.testing.assert_array_equal(gate_up[:, :cfg.mlp_dim], model.blocks.mlp.gate[...][0])
+    np.testing.assert_array_equal(gate_up[:, cfg.mlp_dim:], model.blocks.mlp.up[...][0])
+    vocab = (model.embed.embedding[...].T if cfg.tie_embeddings else model.lm_head[...])
+    np.testing.assert_array_equal(_matrix(first.vocab, cfg.vocab_size), vocab)
+    np.testing.assert_array_equal(_matrix(first.layers[1].down, d), model.blocks.mlp.down[...][1])
 
     changed = nnx.clone(model)
     changed.blocks.mlp.down[...] = changed.blocks.mlp.down[...] * 2.0
     repacked = decode_layers.decode_weights(changed)
     assert repacked is not first
-    np.testing.assert_array_equal(repacked.layers[1].down, 2.0 * first.layers[1].down)
+    np.testing.assert_array_equal(_matrix(repacked.layers[1].down, cfg.embed_dim),
+                                  2.0 * _matrix(first.layers[1].down, cfg.embed_dim))
     decode_layers.decode_weights(model)  # the original model's cache entry is its own
     assert decode_layers.decode_weights(model) is first
 

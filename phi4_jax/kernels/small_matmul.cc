@@ -1,0 +1,113 @@
+// out[M, N] = x[M, K] @ w[K, N] in float32 for few rows: the weight products of a decode step.
+//
+// XLA:CPU hands these to a general GEMM that repacks the weight matrix on every call and, from
+// 2 rows on, reaches about half of the memory bandwidth that reading the weights once needs
+// (see phi4_jax/kernels/__init__.py for the measurements). Here the weight is packed once, ahead
+// of time, into column panels: `panels` is [P, K, 32] with panels[p, k, c] = w[k, 32 p + c]
+// (columns past N are zero), so one panel is a contiguous stream of K * 128 bytes. The kernel
+// reads each panel exactly once from memory and applies it to up to 8 rows of x at a time,
+// whose 8 x 32 accumulators stay in 16 vector registers for the whole K loop; further groups of
+// 8 rows re-read the panel from L2. out is [M, 32 P].
+//
+// Work split: the panels are shared out in contiguous runs to the XLA intra-op thread pool (the
+// calling thread runs one run itself and then waits for the others).
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kPanel = 32;  // columns per panel: two vectors of 16 floats
+constexpr int64_t kAhead = 32;  // panel rows prefetched ahead (4 KiB)
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+
+inline v16 Load(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
+
+// Rows [0, R) of x (row stride k) times one panel [K, 32] -> out rows (row stride n).
+template <int R>
+void Block(const float* __restrict x, const float* __restrict panel, float* __restrict out,
+           int64_t k, int64_t n) {
+  v16 lo[R], hi[R];
+  for (int r = 0; r < R; ++r) lo[r] = hi[r] = v16{};
+  for (int64_t kk = 0; kk < k; ++kk) {
+    __builtin_prefetch(panel + (kk + kAhead) * kPanel);
+    __builtin_prefetch(panel + (kk + kAhead) * kPanel + 16);
+    const v16 a = Load(panel + kk * kPanel), b = Load(panel + kk * kPanel + 16);
+    for (int r = 0; r < R; ++r) {
+      const float s = x[r * k + kk];
+      lo[r] += a * s;
+      hi[r] += b * s;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    Store(out + r * n, lo[r]);
+    Store(out + r * n + 16, hi[r]);
+  }
+}
+
+void Panel(const float* x, const float* panel, float* out, int64_t m, int64_t k, int64_t n) {
+  int64_t r = 0;
+  for (; r + 8 <= m; r += 8) Block<8>(x + r * k, panel, out + r * n, k, n);
+  switch (m - r) {
+    case 7: Block<7>(x + r * k, panel, out + r * n, k, n); break;
+    case 6: Block<6>(x + r * k, panel, out + r * n, k, n); break;
+    case 5: Block<5>(x + r * k, panel, out + r * n, k, n); break;
+    case 4: Block<4>(x + r * k, panel, out + r * n, k, n); break;
+    case 3: Block<3>(x + r * k, panel, out + r * n, k, n); break;
+    case 2: Block<2>(x + r * k, panel, out + r * n, k, n); break;
+    case 1: Block<1>(x + r * k, panel, out + r * n, k, n); break;
+    default: break;
+  }
+}
+
+ffi::Error SmallMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                           ffi::Buffer<ffi::F32> panels, ffi::ResultBuffer<ffi::F32> out) {
+  const auto xd = x.dimensions(), pd = panels.dimensions();
+  if (xd.size() != 2 || pd.size() != 3 || pd[2] != kPanel || xd[1] != pd[1])
+    return ffi::Error::InvalidArgument(
+        "phi4 small_matmul: need x [M, K] and panels [P, K, 32]");
+  const int64_t m = xd[0], k = xd[1], count = pd[0], n = count * kPanel;
+  const float* xp = x.typed_data();
+  const float* pp = panels.typed_data();
+  float* op = out->typed_data();
+  auto run = [=](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) Panel(xp, pp + p * k * kPanel, op + p * kPanel, m, k, n);
+  };
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), count));
+  if (workers == 1) {
+    run(0, count);
+    return ffi::Error::Success();
+  }
+  std::atomic<int64_t> pending(workers - 1);
+  for (int64_t s = 1; s < workers; ++s)
+    pool.Schedule([&pending, run, s, count, workers] {
+      run(count * s / workers, count * (s + 1) / workers);
+      pending.fetch_sub(1, std::memory_order_release);
+    });
+  run(0, count / workers);
+  while (pending.load(std::memory_order_acquire) != 0) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Phi4SmallMatmul, SmallMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
