@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.experimental.multihost_utils as multihost
+import numpy as np
 
 from phi4_jax.model import ModelConfig
 from phi4_jax.model.config import from_experiment
@@ -55,14 +56,36 @@ def model_config(section: Any) -> ModelConfig:
     return from_experiment(section)
 
 
+def _preemption_service() -> bool:
+    """Whether jax.distributed runs JAX's preemption sync service (it then owns SIGTERM)."""
+    try:
+        from jax._src import distributed
+    except ImportError:  # pragma: no cover - private module moved
+        return False
+    return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+
+
 class _Preemption:
-    """Turns SIGTERM into a flag checked between steps (and agreed on across hosts)."""
+    """Turns SIGTERM into a flag checked between steps, agreed on across hosts.
+
+    One process: a Python SIGTERM handler sets the flag. Several processes: every host must stop
+    at the same step (the checkpoint save is a collective), even when only one VM gets the
+    signal. With JAX's preemption service (the default of jax.distributed) its own SIGTERM
+    handler notifies every host and `reached_preemption_sync_point` names the common step; a
+    Python handler would replace that handler and leave the other hosts training, so none is
+    installed. Without the service, the hosts OR their flags with a small all-gather each step.
+    """
 
     def __init__(self):
-        self.requested = False
+        self.signaled = False  # this process got SIGTERM (set by the handler, any time)
+        self.requested = False  # the job stops at this step (every host agrees)
         self._previous = None
+        self._service = False
 
     def __enter__(self) -> _Preemption:
+        self._service = jax.process_count() > 1 and _preemption_service()
+        if self._service:
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: leave signals alone
@@ -71,19 +94,21 @@ class _Preemption:
 
     def _handle(self, signum, frame) -> None:
         del signum, frame
-        self.requested = True
+        self.signaled = True
 
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
     def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            try:  # jax's preemption sync point: every host stops at the same step
-                if multihost.reached_preemption_sync_point(step):
-                    self.requested = True
-            except RuntimeError:
-                pass
+        if self._service:
+            self.requested = self.requested or multihost.reached_preemption_sync_point(step)
+        elif jax.process_count() > 1:
+            # The handler may run during the gather; a signal it misses goes into the next one.
+            flags = multihost.process_allgather(np.array(self.signaled, np.int32))
+            self.requested = self.requested or bool(np.any(flags))
+        else:
+            self.requested = self.signaled
         return self.requested
 
 
