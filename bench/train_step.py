@@ -118,6 +118,57 @@ def torch_matmul_peak(size=2048, seconds=1.0):
     return best
 
 
+def xla_matmul_bound(cfg, batch: int, seq: int, repeats: int = 6) -> tuple[float, float]:
+    """(seconds, FLOPs) of every matmul of one training step, each timed alone with XLA:CPU.
+
+    Forward X.W, backward dY.W^T and X^T.dY of each projection (q, k, v, o, gate, up, down per
+    layer, the vocabulary projection once) and the attention products (QK^T and PV forward, two
+    products each backward), each the best of `repeats` runs of one jitted dot_general with the
+    layout the step uses. No step built on XLA:CPU's matmuls can beat the sum.
+    """
+    import jax
+    import numpy as np
+
+    t, d, h = batch * seq, cfg.embed_dim, cfg.head_dim
+    n, k, f, v = cfg.num_heads * h, cfg.num_kv_heads * h, cfg.mlp_dim, cfg.vocab_size
+
+    def timed(a_shape, b_shape, dims) -> tuple[float, float]:
+        a = np.random.default_rng(0).standard_normal(a_shape, np.float32)
+        b = np.random.default_rng(1).standard_normal(b_shape, np.float32)
+        fn = jax.jit(lambda a, b: jax.lax.dot_general(a, b, dims))
+        out = jax.block_until_ready(fn(a, b))
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(a, b))
+            best = min(best, time.perf_counter() - start)
+        contracted = np.prod([a_shape[i] for i in dims[0][0]])
+        return best, 2.0 * out.size * contracted
+
+    cases = []
+    for fan_in, fan_out, count in [(d, n, 1), (d, k, 2), (n, d, 1), (d, f, 2), (f, d, 1)]:
+        for a, b, dims in [((t, fan_in), (fan_in, fan_out), (((1,), (0,)), ((), ()))),
+                           ((t, fan_out), (fan_in, fan_out), (((1,), (1,)), ((), ()))),
+                           ((t, fan_in), (t, fan_out), (((0,), (0,)), ((), ())))]:
+            cases.append((a, b, dims, count * cfg.num_layers))
+    for a, b, dims in [((t, d), (d, v), (((1,), (0,)), ((), ()))),
+                       ((t, v), (d, v), (((1,), (1,)), ((), ()))),
+                       ((t, d), (t, v), (((0,), (0,)), ((), ())))]:
+        cases.append((a, b, dims, 1))
+    # Attention as the model groups it (per row and KV head, the G query heads of the group
+    # stacked): [BK, G S, H] x [BK, S, H] -> scores, [BK, G S, S] x [BK, S, H] -> context.
+    bk, gs = batch * cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads * seq
+    qk = (((2,), (2,)), ((0,), (0,)))
+    pv = (((2,), (1,)), ((0,), (0,)))
+    for a, b, dims in [((bk, gs, h), (bk, seq, h), qk), ((bk, gs, seq), (bk, seq, h), pv)]:
+        cases.append((a, b, dims, 3 * cfg.num_layers))  # forward + two backward products
+    seconds = flop = 0.0
+    for a, b, dims, count in cases:
+        sec, fl = timed(a, b, dims)
+        seconds, flop = seconds + count * sec, flop + count * fl
+    return seconds, flop
+
+
 def main():
     args = parse_args()
     if args.xla_flags:  # before jax is imported
@@ -173,6 +224,11 @@ def main():
         print(f"| {name:<28} | {best:13.3f} | {med:10.3f} | {tokens_per_step / best:8.0f} | "
               f"{step_flops / best / 1e9:7.1f} | {100 * step_flops / best / peak:15.1f}% | "
               f"{min(times[base]) / best:14.2f}x / {statistics.median(times[base]) / med:.2f}x |")
+    bound, matmul_flops = xla_matmul_bound(model_config, args.batch, args.seq)
+    print(f"\nbound: the step's matmuls alone ({matmul_flops / 1e9:.0f} GFLOP), each timed by "
+          f"itself with XLA:CPU, take {bound:.3f} s ({matmul_flops / bound / 1e9:.0f} GFLOP/s); "
+          f"no XLA:CPU step can be faster, so the best possible ratio against transformers' "
+          f"best step is {min(times[base]) / bound:.2f}x.")
 
 
 if __name__ == "__main__":
