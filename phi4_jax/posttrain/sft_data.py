@@ -46,6 +46,7 @@ import numpy as np
 
 from phi4_jax.data import chat, tokenizer
 from phi4_jax.data.store import Manifest, write_store
+from phi4_jax.posttrain import jsonl
 from phi4_jax.posttrain.pairs import SFT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -155,37 +156,32 @@ def read_conversations(paths: Sequence[str], report: SFTReport, *, max_tokens: i
     seen: set[str] = set()
     t0 = time.perf_counter()
     for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                report.lines += 1
-                where = f"{path}:{line_no}"
-                try:
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise Skip("invalid_json", f"{e.msg} at column {e.colno}") from None
-                    key = obj.get("id") if isinstance(obj, dict) else None
-                    if isinstance(key, str) and key in seen:
-                        raise Skip("duplicate_id", f"id {key!r} seen before")
-                    ids, mask, cuts = convert(obj, max_tokens=max_tokens, encoding=enc)
-                except Skip as s:
-                    report.skipped[s.reason] += 1
-                    report.note(where, s.reason, str(s))
-                    continue
-                if isinstance(key, str):
-                    seen.add(key)
-                for reason in cuts:
-                    report.truncated[reason] += 1
-                    report.note(where, f"{reason} (truncated)", f"kept {len(ids)} tokens")
-                report.kept += 1
-                report.tokens += len(ids)
-                report.target_tokens += int(mask.sum())
-                if report.lines % 10_000 == 0:
-                    log.info("%s: %d lines, %d kept, %.0f lines/s", path, report.lines,
-                             report.kept, report.lines / (time.perf_counter() - t0))
-                yield ids, mask
+        for line_no, obj, error in jsonl.read_lines(path):
+            report.lines += 1
+            where = f"{path}:{line_no}"
+            try:
+                if error is not None:
+                    raise Skip("invalid_json", error)
+                key = obj.get("id") if isinstance(obj, dict) else None
+                if isinstance(key, str) and key in seen:
+                    raise Skip("duplicate_id", f"id {key!r} seen before")
+                ids, mask, cuts = convert(obj, max_tokens=max_tokens, encoding=enc)
+            except Skip as s:
+                report.skipped[s.reason] += 1
+                report.note(where, s.reason, str(s))
+                continue
+            if isinstance(key, str):
+                seen.add(key)
+            for reason in cuts:
+                report.truncated[reason] += 1
+                report.note(where, f"{reason} (truncated)", f"kept {len(ids)} tokens")
+            report.kept += 1
+            report.tokens += len(ids)
+            report.target_tokens += int(mask.sum())
+            if report.lines % 10_000 == 0:
+                log.info("%s: %d lines, %d kept, %.0f lines/s", path, report.lines,
+                         report.kept, report.lines / (time.perf_counter() - t0))
+            yield ids, mask
 
 
 def build_store(inputs: Sequence[str], output: str, *, max_tokens: int, source_name: str = "sft",
