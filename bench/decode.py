@@ -6,6 +6,11 @@ min_new_tokens, we get no stop tokens), batched (transformers left-pads with an 
 we take the ragged rows). tokens/s = batch * new_tokens / median wall time of a call; the first
 call of each side (our compile, transformers' warm-up) is timed separately and excluded.
 
+The bound column: every decode step reads all float32 weights once, so a call cannot take less
+than its prefill plus (new tokens - 1) x the time of only reading the weights (measured here
+with the CPU kernel over the packed weights, one row, chained like the layers); the best ratio
+against transformers that this leaves is printed beside the achieved one (docs/decode.md).
+
 Each side runs in its own subprocess of this one run, one after the other: thread pools do not
 interfere (torch.set_num_threads also changes the threads available to XLA in the same process,
 which halves our throughput), and each torch thread setting gets a fresh process.
