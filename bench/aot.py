@@ -79,7 +79,15 @@ def run_case(name: str) -> dict:
     report = aot.dry_run(config, tpu, slices)
     for line in report.lines():
         print(f"[{name}] {line}", flush=True)
+    from phi4_jax.model.config import from_experiment
+
+    estimate = planner.estimate_bytes(
+        from_experiment(config.model), fsdp=report.mesh["fsdp"], tensor=report.mesh["tensor"],
+        rows=report.rows_per_device, seq_len=report.seq_len,
+        accumulate=report.micro_batches > 1,
+        loss_vocab_chunks=config.train.get("loss_vocab_chunks"))
     return {
+        "estimate_gib": estimate / GIB,
         "case": name, "experiment": config.name, "tpu": report.tpu,
         "mesh": report.mesh, "micro_batches": report.micro_batches,
         "rows_per_device": report.rows_per_device, "seq_len": report.seq_len,
@@ -104,9 +112,11 @@ def table(rows: list[dict]) -> str:
         ratio = f"{r['peak_gib'] / peer:.3f}" if peer else "-"
         out.append(f"{r['case']:<9} {r['experiment']:<14} {r['tpu']:<8} {mesh:<22} "
                    f"{batch:<16} {r['argument_gib']:6.2f} {r['temp_gib']:6.2f} "
-                   f"{r['peak_gib']:6.2f} {r['hbm_gib']:5.0f} {r['compile_s']:7.1f}s "
+                   f"{r['peak_gib']:6.2f} {r['estimate_gib']:6.2f} {r['hbm_gib']:5.0f} "
+                   f"{r['compile_s']:7.1f}s "
                    f"{peer or '-':>6} {ratio:>6}")
-    out.append("memory in GiB per chip; peer: MaxText's per-chip peak for the same shape; "
+    out.append("memory in GiB per chip; plan: the batch planner's estimate of the peak "
+               "(planner.estimate_bytes); peer: MaxText's per-chip peak for the same shape; "
                "ratio = ours / peer")
     return "\n".join(out)
 

@@ -73,23 +73,38 @@ class BatchPlan:
 
 
 def estimate_bytes(model: ModelConfig, *, fsdp: int, tensor: int, rows: int, seq_len: int,
-                   accumulate: bool) -> int:
-    """Rough per-chip peak of a train step (full remat, scanned layers, bf16 compute).
+                   accumulate: bool, loss_vocab_chunks: int | None = None) -> int:
+    """Per-chip peak of a train step (full remat, scanned layers, bf16 compute, splash attention).
 
-    params + AdamW moments (12 B/param) and the bf16 compute copy (2 B/param), sharded over
-    fsdp x tensor; float32 gradient accumulators (4 B/param) when accumulating; the remat stash
-    (one [rows, T, D] bf16 activation per layer); one layer's gathered bf16 weights and
-    gradients twice over (current + prefetched); and one layer's recomputed activations
-    (~ T x (6 D + 6 F / tensor) bf16 per row). Calibrated against the v5p-128 Phi-4 compile.
+    Sharded over fsdp x tensor: params + AdamW moments (12 B/param, the step's arguments), the
+    bf16 compute copy (2 B/param) and, when accumulating, 12 B/param more (the float32
+    accumulator, one micro-batch's float32 gradients and their reduce-scatter). One layer's
+    gathered bf16 weights and gradients. Per row and token: the remat stash (one [D] bf16
+    activation per layer) and one layer's recomputed activations, (15 D + 6 F / tensor) bf16.
+    Per row: the loss's vocabulary block, about 5 float32 [T, V / (chunks x tensor)] buffers.
+    And 10 bytes x T^2, independent of rows (fitted: it appears at 16K; not yet traced to an op).
+
+    Fitted to libtpu compiles of Phi-4 on v5p (`bench/aot.py` and 5 more layouts, 2026-11-26):
+    estimate / compiled peak from 0.96 (16K, 5 rows, tensor 2, accumulating: 62.2 vs 64.6 GiB)
+    to 1.12 (4K, 15 rows, v5p-768: 61.8 vs 55.2 GiB). The previous estimate was up to 17% under
+    at 16K. It ranks candidates; the ahead-of-time compile is the proof.
     """
     params = count_params(model)
     shards = fsdp * tensor
-    state = params * (12 + 2 + (4 if accumulate else 0)) // shards
+    chunks = loss_vocab_chunks or _default_chunks(seq_len)
+    state = params * (12 + 2 + (12 if accumulate else 0)) // shards
     layer = (params - 2 * model.vocab_size * model.embed_dim) // model.num_layers
-    stash = model.num_layers * rows * seq_len * model.embed_dim * 2
-    working = 4 * 2 * layer // tensor
-    activations = rows * seq_len * (6 * model.embed_dim + 6 * model.mlp_dim // tensor) * 2
-    return state + stash + working + activations
+    working = 2 * 2 * layer // tensor
+    d, f = model.embed_dim, model.mlp_dim
+    per_token = model.num_layers * d * 2 + (15 * d + 6 * f // tensor) * 2
+    loss = 5 * seq_len * (model.vocab_size // chunks // tensor) * 4
+    return (state + working + rows * (seq_len * per_token + loss)
+            + 10 * seq_len * seq_len)
+
+
+def _default_chunks(seq_len: int) -> int:
+    """The experiments' vocabulary slices for the loss: 8 at 4K, scaled with the sequence."""
+    return max(1, 8 * seq_len // 4096)
 
 
 def _divisors(n: int) -> list[int]:
@@ -103,6 +118,7 @@ def plan_batch(config: Any, tpu: str, num_slices: int = 1, *,
     global_batch, seq_len = int(config.train.global_batch), int(config.data.seq_len)
     topo = topo_lib.describe(tpu, num_slices)
     budget = int(hbm_fraction * topo.hbm_bytes)
+    chunks = config.train.get("loss_vocab_chunks")
     tried = []
     for tensor in (1, 2, 4, 8):
         if topo.chips % tensor or any(x % tensor for x in (model.num_heads, model.mlp_dim,
@@ -120,7 +136,8 @@ def plan_batch(config: Any, tpu: str, num_slices: int = 1, *,
             for per_device in sorted(_divisors(rows), reverse=True):
                 micro = rows // per_device
                 need = estimate_bytes(model, fsdp=fsdp, tensor=tensor, rows=per_device,
-                                      seq_len=seq_len, accumulate=micro > 1)
+                                      seq_len=seq_len, accumulate=micro > 1,
+                                      loss_vocab_chunks=chunks)
                 if need <= budget:
                     return BatchPlan(tpu, num_slices, data, fsdp, tensor, global_batch,
                                      per_device, micro, need, topo.hbm_bytes,
