@@ -1,12 +1,13 @@
 """Batched greedy decode throughput: phi4_jax KV-cache `generate` vs transformers `generate`.
 
-Both sides load the same SmolLM2-135M-Instruct GGUF file in float32 on CPU, decode the same
+Both sides load the same SmolLM2-135M-Instruct GGUF file in float32 (or both in bfloat16 with
+--dtype bfloat16) on CPU, decode the same
 chat-formatted token ids greedily for exactly --new-tokens tokens per row (transformers gets
 min_new_tokens, we get no stop tokens), batched (transformers left-pads with an attention mask,
 we take the ragged rows). tokens/s = batch * new_tokens / median wall time of a call; the first
 call of each side (our compile, transformers' warm-up) is timed separately and excluded.
 
-The bound column: every decode step reads all float32 weights once, so a call cannot take less
+The bound column: every decode step reads all weights once, so a call cannot take less
 than its prefill plus (new tokens - 1) x the time of only reading the weights (measured here
 with the CPU kernel over the packed weights, one row, chained like the layers); the best ratio
 against transformers that this leaves is printed beside the achieved one (docs/decode.md).
@@ -62,7 +63,7 @@ def _measure(run, repeats: int) -> dict:
     return {"first": first, "times": times, "tokens": tokens}
 
 
-def worker_ours(batches: list[int], new: int, repeats: int) -> dict:
+def worker_ours(batches: list[int], new: int, repeats: int, dtype: str) -> dict:
     import jax
     import numpy as np
 
@@ -71,7 +72,7 @@ def worker_ours(batches: list[int], new: int, repeats: int) -> dict:
     from phi4_jax.model.decode import generate
 
     ids, _, _ = _prompt_ids()
-    model = phi4_jax.load_gguf(smollm2_path(), dtype="float32")
+    model = phi4_jax.load_gguf(smollm2_path(), dtype=dtype)
     out = {}
     for batch in batches:
         rows = [ids[i % len(ids)] for i in range(batch)]
@@ -130,7 +131,7 @@ def _weight_floor(model, repeats: int) -> float | None:
     return min(times)
 
 
-def worker_hf(batches: list[int], new: int, repeats: int, threads: int) -> dict:
+def worker_hf(batches: list[int], new: int, repeats: int, threads: int, dtype: str) -> dict:
     import torch
     import transformers
 
@@ -141,7 +142,8 @@ def worker_hf(batches: list[int], new: int, repeats: int, threads: int) -> dict:
     path = smollm2_path()
     ids, pad, _ = _prompt_ids()
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+        os.path.dirname(path), gguf_file=os.path.basename(path),
+        dtype=getattr(torch, dtype)).eval()
     out = {}
     for batch in batches:
         rows = [ids[i % len(ids)] for i in range(batch)]
@@ -165,6 +167,7 @@ def worker_hf(batches: list[int], new: int, repeats: int, threads: int) -> dict:
 def _run_worker(side: str, args: argparse.Namespace, threads: int = 0) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--threads", str(threads),
            "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+           "--dtype", args.dtype,
            "--batch-sizes", *map(str, args.batch_sizes)]
     load = os.getloadavg()[0]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -184,6 +187,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 1])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="weights and compute dtype of both sides")
     parser.add_argument("--torch-threads", type=int, nargs="+", default=[os.cpu_count() or 1],
                         help="torch.set_num_threads settings to measure (default: CPU count)")
     parser.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
@@ -194,11 +199,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     if args.worker == "ours":
-        print(json.dumps(worker_ours(args.batch_sizes, args.new_tokens, args.repeats)))
+        print(json.dumps(worker_ours(args.batch_sizes, args.new_tokens, args.repeats,
+                                     args.dtype)))
         return
     if args.worker == "hf":
         print(json.dumps(worker_hf(args.batch_sizes, args.new_tokens, args.repeats,
-                                   args.threads)))
+                                   args.threads, args.dtype)))
         return
 
     import jax
@@ -215,7 +221,7 @@ def main() -> None:
     limit = decode_layers.MAX_PACKED_BATCH if kernel else decode_layers.MAX_PACKED_BATCH_XLA
 
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"SmolLM2-135M-Instruct, float32, CPU ({os.cpu_count()} cores, {threads} usable "
+    print(f"SmolLM2-135M-Instruct, {args.dtype}, CPU ({os.cpu_count()} cores, {threads} usable "
           f"threads), greedy, "
           f"{args.new_tokens} new tokens per row, median of {args.repeats} calls; jax "
           f"{jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}")
@@ -250,7 +256,7 @@ def main() -> None:
           "identical: greedy tokens equal up to our first eos (transformers' min_new_tokens "
           "masks eos after that). load avg: 1-minute load when the side started.")
     if floor is not None:
-        print(f"bound: one decode step reads every float32 weight once; doing only that (the "
+        print(f"bound: one decode step reads every {args.dtype} weight once; doing only that (the "
               f"kernel over all {ours['bytes'] / 1e6:.0f} MB of packed weights, one row) takes "
               f"{floor * 1e3:.1f} ms here ({ours['bytes'] / floor / 1e9:.1f} GB/s), so no "
               f"call can take less than prefill + {args.new_tokens - 1} x {floor * 1e3:.1f} ms; "

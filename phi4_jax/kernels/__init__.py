@@ -46,7 +46,8 @@ import jax.numpy as jnp
 log = logging.getLogger(__name__)
 
 PANEL = 32  # columns per weight panel (kPanel in small_matmul.cc)
-TARGET = "phi4_small_matmul"
+TARGET = "phi4_small_matmul"  # float32 panels
+TARGET_BF16 = "phi4_small_matmul_bf16"  # bfloat16 panels (half the bytes to stream)
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "small_matmul.cc")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -119,25 +120,32 @@ def available() -> bool:
         lib = ctypes.cdll.LoadLibrary(build())
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.Phi4SmallMatmul),
                                     platform="cpu")
+        jax.ffi.register_ffi_target(TARGET_BF16, jax.ffi.pycapsule(lib.Phi4SmallMatmulBf16),
+                                    platform="cpu")
     except (RuntimeError, OSError, subprocess.SubprocessError, AttributeError) as e:
         log.warning("phi4_jax CPU decode kernel unavailable, using XLA's dot instead: %s", e)
         return False
     return True
 
 
-def pack_panels(w: jax.Array) -> jax.Array:
-    """[K, N] float32 -> [ceil(N / 32), K, 32] column panels (zero columns past N)."""
+def pack_panels(w: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """[K, N] -> [ceil(N / 32), K, 32] column panels in `dtype` (float32 or bfloat16; zero
+    columns past N)."""
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"small_matmul panels are float32 or bfloat16, not {dtype}")
     k, n = w.shape
     p = -(-n // PANEL)
-    w = jnp.pad(w.astype(jnp.float32), ((0, 0), (0, p * PANEL - n)))
+    w = jnp.pad(w.astype(dtype), ((0, 0), (0, p * PANEL - n)))
     return w.reshape(k, p, PANEL).transpose(1, 0, 2)
 
 
 def small_matmul(x: jax.Array, panels: jax.Array, n: int) -> jax.Array:
     """x [..., K] @ w [K, n] for w packed by `pack_panels`; float32 out [..., n].
 
-    Needs `available()`. Meant for few rows (the kernel keeps 8 rows in registers per pass over
-    a panel; more rows re-read panels from cache).
+    x is used in float32; bfloat16 panels are widened in registers and every product is
+    accumulated in float32. Needs `available()`. Meant for few rows (the kernel keeps 8 rows in
+    registers per pass over a panel; more rows re-read panels from cache).
     """
     lead, k = x.shape[:-1], x.shape[-1]
     if panels.ndim != 3 or panels.shape[1] != k or panels.shape[2] != PANEL:
@@ -146,7 +154,8 @@ def small_matmul(x: jax.Array, panels: jax.Array, n: int) -> jax.Array:
     rows = 1
     for d in lead:
         rows *= d
-    out = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows, panels.shape[0] * PANEL),
+    target = TARGET_BF16 if panels.dtype == jnp.bfloat16 else TARGET
+    out = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows, panels.shape[0] * PANEL),
                                                         jnp.float32))(
         x.reshape(rows, k).astype(jnp.float32), panels)
     if out.shape[1] != n:

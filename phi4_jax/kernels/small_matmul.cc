@@ -1,4 +1,5 @@
-// out[M, N] = x[M, K] @ w[K, N] in float32 for few rows: the weight products of a decode step.
+// out[M, N] = x[M, K] @ w[K, N] for few rows: the weight products of a decode step. x and out
+// are float32; w is float32 or bfloat16 (widened in registers, accumulated in float32).
 //
 // XLA:CPU hands these to a general GEMM that repacks the weight matrix on every call and, from
 // 2 rows on, reaches about half of the memory bandwidth that reading the weights once needs
@@ -15,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -23,7 +25,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t kPanel = 32;  // columns per panel: two vectors of 16 floats
-constexpr int64_t kAhead = 32;  // panel rows prefetched ahead (4 KiB)
+constexpr int64_t kAhead = 32;  // panel rows prefetched ahead (4 KiB of float32 weights)
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 
 inline v16 Load(const float* p) {
@@ -33,16 +35,33 @@ inline v16 Load(const float* p) {
 }
 inline void Store(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 
+typedef uint16_t u16x16 __attribute__((vector_size(32), aligned(2)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+
+// 16 weights of a panel row as float32: float32 panels are read as they are; bfloat16 panels
+// (half the bytes to stream) are widened exactly (a bfloat16 is the top half of a float32).
+inline v16 LoadWeights(const float* p) { return Load(p); }
+inline v16 LoadWeights(const uint16_t* p) {
+  u16x16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const u32x16 bits = __builtin_convertvector(h, u32x16) << 16;
+  v16 v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
 // Rows [0, R) of x (row stride k) times one panel [K, 32] -> out rows (row stride n).
-template <int R>
-void Block(const float* __restrict x, const float* __restrict panel, float* __restrict out,
+template <int R, typename W>
+void Block(const float* __restrict x, const W* __restrict panel, float* __restrict out,
            int64_t k, int64_t n) {
+  constexpr int64_t kAheadElems = kAhead * kPanel;
+  constexpr int64_t kLine = 64 / sizeof(W);  // elements per cache line
   v16 lo[R], hi[R];
   for (int r = 0; r < R; ++r) lo[r] = hi[r] = v16{};
   for (int64_t kk = 0; kk < k; ++kk) {
-    __builtin_prefetch(panel + (kk + kAhead) * kPanel);
-    __builtin_prefetch(panel + (kk + kAhead) * kPanel + 16);
-    const v16 a = Load(panel + kk * kPanel), b = Load(panel + kk * kPanel + 16);
+    for (int64_t e = 0; e < kPanel; e += kLine)
+      __builtin_prefetch(panel + kk * kPanel + kAheadElems + e);
+    const v16 a = LoadWeights(panel + kk * kPanel), b = LoadWeights(panel + kk * kPanel + 16);
     for (int r = 0; r < R; ++r) {
       const float s = x[r * k + kk];
       lo[r] += a * s;
@@ -55,7 +74,8 @@ void Block(const float* __restrict x, const float* __restrict panel, float* __re
   }
 }
 
-void Panel(const float* x, const float* panel, float* out, int64_t m, int64_t k, int64_t n) {
+template <typename W>
+void Panel(const float* x, const W* panel, float* out, int64_t m, int64_t k, int64_t n) {
   int64_t r = 0;
   for (; r + 8 <= m; r += 8) Block<8>(x + r * k, panel, out + r * n, k, n);
   switch (m - r) {
@@ -70,15 +90,17 @@ void Panel(const float* x, const float* panel, float* out, int64_t m, int64_t k,
   }
 }
 
+template <ffi::DataType T>
 ffi::Error SmallMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                           ffi::Buffer<ffi::F32> panels, ffi::ResultBuffer<ffi::F32> out) {
+                           ffi::Buffer<T> panels, ffi::ResultBuffer<ffi::F32> out) {
+  using W = std::conditional_t<T == ffi::F32, float, uint16_t>;
   const auto xd = x.dimensions(), pd = panels.dimensions();
   if (xd.size() != 2 || pd.size() != 3 || pd[2] != kPanel || xd[1] != pd[1])
     return ffi::Error::InvalidArgument(
         "phi4 small_matmul: need x [M, K] and panels [P, K, 32]");
   const int64_t m = xd[0], k = xd[1], count = pd[0], n = count * kPanel;
   const float* xp = x.typed_data();
-  const float* pp = panels.typed_data();
+  const W* pp = reinterpret_cast<const W*>(panels.untyped_data());
   float* op = out->typed_data();
   auto run = [=](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) Panel(xp, pp + p * k * kPanel, op + p * kPanel, m, k, n);
@@ -105,9 +127,16 @@ ffi::Error SmallMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Phi4SmallMatmul, SmallMatmulImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Phi4SmallMatmul, SmallMatmulImpl<ffi::F32>,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Phi4SmallMatmulBf16, SmallMatmulImpl<ffi::BF16>,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

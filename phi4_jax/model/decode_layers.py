@@ -14,9 +14,10 @@ rounding order may differ):
 q, k and v become one [D, (N + 2K) H] matrix and gate and up one [D, 2F] matrix, so a layer makes
 four weight matmuls instead of seven (fewer kernel launches, one pass over x), and every weight
 is cast to the compute dtype once (a bf16 model reads half the bytes of its float32 parameters).
-A float32 model on the CPU backend stores each matrix as column panels for the FFI kernel
-`phi4_jax.kernels.small_matmul`, which streams every weight once for all rows of the batch
-(XLA:CPU's GEMM reaches about half that bandwidth from two rows on).
+On the CPU backend (float32 or bfloat16 compute) each matrix is stored as column panels in the
+compute dtype for the FFI kernel `phi4_jax.kernels.small_matmul`, which streams every weight
+once for all rows of the batch (XLA:CPU's GEMM reaches about half that bandwidth from two rows
+on, and its bfloat16 products are slower than its float32 ones); products accumulate in float32.
 The KV cache is one [B, K, S, H] key and value buffer per layer: the attention matmuls read it
 with no transpose (the model's [B, S, K, H] layout costs one cache transpose per layer and step
 on CPU) and the loop writes the new slots in place.
@@ -95,8 +96,10 @@ _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def uses_kernel(config: ModelConfig) -> bool:
-    """Whether packed weights are stored as panels for the CPU kernel (float32 on CPU)."""
-    return config.compute_dtype == jnp.float32 and kernels.available()
+    """Whether packed weights are stored as panels for the CPU kernel (float32 or bfloat16
+    compute on the CPU backend)."""
+    return (jnp.dtype(config.compute_dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+            and kernels.available())
 
 
 def max_packed_batch(config: ModelConfig) -> int:
@@ -133,7 +136,8 @@ def decode_weights(model: Transformer) -> DecodeWeights:
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _pack(state: nnx.State, cfg: ModelConfig, panels: bool) -> DecodeWeights:
     dt = cfg.compute_dtype
-    matrix = kernels.pack_panels if panels else (lambda w: w.astype(dt))
+    matrix = ((lambda w: kernels.pack_panels(w, dt)) if panels
+              else (lambda w: w.astype(dt)))
     blocks = state["blocks"]
     a, m = blocks["attn"], blocks["mlp"]
     d = cfg.embed_dim

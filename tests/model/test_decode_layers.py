@@ -115,3 +115,16 @@ def test_packed_path_compiles_once_per_bucket(model):
     size = decode._generate_jit._cache_size()
     generate(model, PROMPTS[:3], max_new_tokens=16, stop_tokens=(9,))
     assert decode._generate_jit._cache_size() == size
+
+
+def test_bfloat16_model_decodes_with_bfloat16_panels(monkeypatch):
+    model = init_model(preset("tiny", dtype="bfloat16", vocab_size=VOCAB, init_std=0.1), seed=0)
+    assert decode_layers.uses_kernel(model.config)
+    assert decode_layers.decode_weights(model).layers[0].qkv.dtype == jax.numpy.bfloat16
+    packed, scanned = _both(model, monkeypatch, max_new_tokens=6, stop_tokens=(),
+                            return_logits=True)
+    # Both in bfloat16; the kernel accumulates in float32 and rounds once per product, XLA's
+    # bf16 dots round differently: logits agree to bfloat16 precision of their scale.
+    scale = float(np.abs(np.asarray(scanned.logits[:, 0])).max())
+    np.testing.assert_allclose(packed.logits[:, 0], scanned.logits[:, 0], atol=0.03 * scale)
+    np.testing.assert_array_equal(packed.tokens[:, 0], scanned.tokens[:, 0])

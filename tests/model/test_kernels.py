@@ -35,6 +35,21 @@ def test_small_matmul_matches_numpy(matmul, m, k, n):
     np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
+@pytest.mark.parametrize("m,k,n", [(1, 576, 960), (5, 33, 100), (11, 64, 64)])
+def test_bfloat16_panels_widen_exactly_and_accumulate_in_float32(matmul, m, k, n):
+    rng = np.random.default_rng(m + k + n)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = jnp.asarray(rng.standard_normal((k, n)), jnp.bfloat16)
+    panels = kernels.pack_panels(w, jnp.bfloat16)
+    assert panels.dtype == jnp.bfloat16
+    out = np.asarray(matmul(jnp.asarray(x), panels, n))
+    # The same products in float64 from the bfloat16 values: only summation order differs.
+    expect = x.astype(np.float64) @ np.asarray(w.astype(jnp.float32)).astype(np.float64)
+    np.testing.assert_allclose(out, expect, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        kernels.pack_panels(w, jnp.float16)
+
+
 def test_small_matmul_keeps_leading_axes_and_checks_shapes(matmul):
     x = jnp.ones((2, 1, 40), jnp.float32)
     panels = kernels.pack_panels(jnp.ones((40, 50), jnp.float32))
