@@ -1,8 +1,8 @@
 """Batched greedy decode throughput: phi4_jax KV-cache `generate` vs transformers `generate`.
 
 Both sides load the same SmolLM2-135M-Instruct GGUF file in float32 (or both in bfloat16 with
---dtype bfloat16) on CPU, decode the same
-chat-formatted token ids greedily for exactly --new-tokens tokens per row (transformers gets
+--dtype bfloat16) on CPU, decode the same chat-formatted token ids greedily for exactly
+--new-tokens tokens per row (transformers gets
 min_new_tokens, we get no stop tokens), batched (transformers left-pads with an attention mask,
 we take the ragged rows). tokens/s = batch * new_tokens / median wall time of a call; the first
 call of each side (our compile, transformers' warm-up) is timed separately and excluded.
