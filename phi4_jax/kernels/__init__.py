@@ -39,6 +39,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -109,9 +110,17 @@ def build(compiler: str | None = None) -> str:
     return path
 
 
+_LOCK = threading.Lock()
+
+
 @functools.cache
 def available() -> bool:
     """Whether `small_matmul` can run here: CPU backend, kernels enabled, library built."""
+    with _LOCK:  # one build and one registration per process, whichever thread asks first
+        return _load()
+
+
+def _load() -> bool:
     if os.environ.get("PHI4_JAX_CPU_KERNELS", "1").lower() in ("0", "false", "no", "off"):
         return False
     if jax.default_backend() != "cpu":
