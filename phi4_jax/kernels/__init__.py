@@ -1,4 +1,4 @@
-"""CPU kernels compiled on first use: the decode step's few-row float32 weight products.
+"""CPU kernels compiled on first use: the decode step's few-row weight products.
 
 Why. A decode step multiplies a handful of rows (the batch) by every weight matrix of the model.
 On CPU, XLA hands `[M, K] @ [K, N]` to a general GEMM that repacks the weight on every call;
@@ -8,18 +8,17 @@ of block weights (425 MB, float32), one step, ms (GB/s of weight read):
 
 | rows | XLA dot | `small_matmul` |
 |---|---|---|
-| 1 | 16.7 (25.4) | 15.5 (27.4) |
-| 2 | 20.7 (20.5) | 17.6 (24.1) |
-| 4 | 28.3 (15.0) | 20.9 (20.3) |
-| 8 | 33.5 (12.7) | 25.5 (16.6) |
-| 16 | 41.3 (10.3) | 31.7 (13.4) |
+| 1 | 16.7 (25.4) | 14.5 (29.3) |
+| 8 | 33.5 (12.7) | 18.3 (23.2) |
+| 16 | 41.3 (10.3) | 24.4 (17.4) |
 
 and the 576 x 49152 output projection at 8 rows: 6.5 ms (XLA) vs 2.5 ms.
 
 `small_matmul.cc` reads weights packed once into column panels (`pack_panels`: [P, K, 32], each
-panel a contiguous stream) and applies each panel to up to 8 rows held in registers; the panels
-are shared out to XLA's intra-op thread pool. It is an XLA FFI custom call, so it runs inside the
-compiled decode loop like any other op.
+panel a contiguous stream, float32 or bfloat16) and applies each panel to up to 8 rows held in
+registers, prefetching 32 panel rows ahead; the panels are shared out to XLA's intra-op thread
+pool. bfloat16 panels are widened in registers and every product accumulates in float32. It is
+an XLA FFI custom call, so it runs inside the compiled decode loop like any other op.
 
 Building. The source ships with the package and is compiled with the system C++ compiler
 (`$CXX`, else `c++` / `g++`; `-O3 -march=native`) into `$PHI4_JAX_KERNEL_CACHE` (default
