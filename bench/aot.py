@@ -85,7 +85,7 @@ def run_case(name: str) -> dict:
         from_experiment(config.model), fsdp=report.mesh["fsdp"], tensor=report.mesh["tensor"],
         rows=report.rows_per_device, seq_len=report.seq_len,
         accumulate=report.micro_batches > 1,
-        loss_vocab_chunks=config.train.get("loss_vocab_chunks"))
+        loss_vocab_chunks=int(config.train.loss_vocab_chunks))
     return {
         "estimate_gib": estimate / GIB,
         "case": name, "experiment": config.name, "tpu": report.tpu,

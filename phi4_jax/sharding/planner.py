@@ -73,7 +73,7 @@ class BatchPlan:
 
 
 def estimate_bytes(model: ModelConfig, *, fsdp: int, tensor: int, rows: int, seq_len: int,
-                   accumulate: bool, loss_vocab_chunks: int | None = None) -> int:
+                   accumulate: bool, loss_vocab_chunks: int = 8) -> int:
     """Per-chip peak of a train step (full remat, scanned layers, bf16 compute, splash attention).
 
     Sharded over fsdp x tensor: params + AdamW moments (12 B/param, the step's arguments), the
@@ -81,7 +81,8 @@ def estimate_bytes(model: ModelConfig, *, fsdp: int, tensor: int, rows: int, seq
     accumulator, one micro-batch's float32 gradients and their reduce-scatter). One layer's
     gathered bf16 weights and gradients. Per row and token: the remat stash (one [D] bf16
     activation per layer) and one layer's recomputed activations, (15 D + 6 F / tensor) bf16.
-    Per row: the loss's vocabulary block, about 5 float32 [T, V / (chunks x tensor)] buffers.
+    Per row: the loss's vocabulary block, about 5 float32 [T, V / (chunks x tensor)] buffers
+    (`train.loss_vocab_chunks`: 8 in the base config, scaled with the sequence from there).
     And 10 bytes x T^2, independent of rows (fitted: it appears at 16K; not yet traced to an op).
 
     Fitted to libtpu compiles of Phi-4 on v5p (`bench/aot.py` and 5 more layouts, 2026-11-26):
@@ -91,20 +92,14 @@ def estimate_bytes(model: ModelConfig, *, fsdp: int, tensor: int, rows: int, seq
     """
     params = count_params(model)
     shards = fsdp * tensor
-    chunks = loss_vocab_chunks or _default_chunks(seq_len)
     state = params * (12 + 2 + (12 if accumulate else 0)) // shards
     layer = (params - 2 * model.vocab_size * model.embed_dim) // model.num_layers
     working = 2 * 2 * layer // tensor
     d, f = model.embed_dim, model.mlp_dim
     per_token = model.num_layers * d * 2 + (15 * d + 6 * f // tensor) * 2
-    loss = 5 * seq_len * (model.vocab_size // chunks // tensor) * 4
+    loss = 5 * seq_len * (model.vocab_size // loss_vocab_chunks // tensor) * 4
     return (state + working + rows * (seq_len * per_token + loss)
             + 10 * seq_len * seq_len)
-
-
-def _default_chunks(seq_len: int) -> int:
-    """The experiments' vocabulary slices for the loss: 8 at 4K, scaled with the sequence."""
-    return max(1, 8 * seq_len // 4096)
 
 
 def _divisors(n: int) -> list[int]:
@@ -118,7 +113,7 @@ def plan_batch(config: Any, tpu: str, num_slices: int = 1, *,
     global_batch, seq_len = int(config.train.global_batch), int(config.data.seq_len)
     topo = topo_lib.describe(tpu, num_slices)
     budget = int(hbm_fraction * topo.hbm_bytes)
-    chunks = config.train.get("loss_vocab_chunks")
+    chunks = int(config.train.loss_vocab_chunks)
     tried = []
     for tensor in (1, 2, 4, 8):
         if topo.chips % tensor or any(x % tensor for x in (model.num_heads, model.mlp_dim,
