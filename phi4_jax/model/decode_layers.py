@@ -51,11 +51,11 @@ from phi4_jax.model.transformer import Transformer
 MAX_PACKED_BYTES = 2 << 30
 MAX_UNROLLED_LAYERS = 64
 # Batch buckets up to these sizes decode with packed weights; bigger ones keep the scan.
-# Without the CPU kernel (XLA's dot; bf16 models, accelerators, no compiler), measured on a
+# Without the CPU kernel (XLA's dot: accelerators, other dtypes, no compiler), measured on a
 # 2-core CPU with SmolLM2-135M (ms per step, scanned -> packed): batch 1 42 -> 25, 2 45 -> 35,
 # 4 46 -> 43, 8 55 -> 61: from batch 8 on XLA:CPU's GEMM is compute-bound rather than
 # bandwidth-bound, the scan's weight copies overlap with it on the other core, and the scan is
-# faster. With the kernel (`phi4_jax.kernels`, float32 on CPU), whole generate calls (32 new
+# faster. With the kernel (`phi4_jax.kernels`; float32 here), whole generate calls (32 new
 # tokens, s, scanned -> packed): batch 16 2.88 -> 2.10, 32 4.87 -> 3.62.
 MAX_PACKED_BATCH = 32
 MAX_PACKED_BATCH_XLA = 4
@@ -64,7 +64,7 @@ MAX_PACKED_BATCH_XLA = 4
 class LayerWeights(NamedTuple):
     """One block's weights in the compute dtype, packed for decoding (norm scales as stored).
 
-    With the CPU decode kernel (`phi4_jax.kernels`, float32 models on the CPU backend) every
+    With the CPU decode kernel (`phi4_jax.kernels`: float32 or bfloat16 models on the CPU) every
     matrix [K, N] below is stored as its column panels [ceil(N / 32), K, 32] instead.
     """
 
