@@ -26,3 +26,11 @@ def read_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | None]]
                 yield line_no, json.loads(line), None
             except json.JSONDecodeError as e:
                 yield line_no, None, f"invalid JSON ({e.msg} at column {e.colno})"
+
+
+def read_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict | None, str | None]]:
+    """`read_lines` for files of JSON objects: a valid line that is not an object is an error."""
+    for line_no, obj, error in read_lines(path):
+        if error is None and not isinstance(obj, dict):
+            obj, error = None, "not a JSON object"
+        yield line_no, obj, error

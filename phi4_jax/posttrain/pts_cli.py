@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from phi4_jax.posttrain.jsonl import read_lines
+from phi4_jax.posttrain.jsonl import read_objects
 from phi4_jax.posttrain.oracles import ORACLES, Oracle, Question, oracle_for
 from phi4_jax.posttrain.pairs import JsonlWriter
 from phi4_jax.posttrain.pts import Problem, PTSConfig, Stats, false_pivot_probability, search_batch
@@ -51,12 +51,10 @@ def load_questions(path: str) -> tuple[list[Question], list[str]]:
     """Questions from JSONL (Question's fields); malformed lines are reported, not fatal."""
     fields = {f.name for f in dataclasses.fields(Question)}
     questions, problems, seen = [], [], set()
-    for line_no, obj, error in read_lines(path):
+    for line_no, obj, error in read_objects(path):
         try:
             if error:
                 raise ValueError(error)
-            if not isinstance(obj, dict):
-                raise ValueError("not a JSON object")
             unknown = set(obj) - fields
             if unknown:
                 raise ValueError(f"unknown fields {sorted(unknown)}")

@@ -25,7 +25,7 @@ import string
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
-from phi4_jax.posttrain.jsonl import read_lines
+from phi4_jax.posttrain.jsonl import read_objects
 from phi4_jax.posttrain.pairs import Pair, SFTExample
 from phi4_jax.posttrain.sampler import Sampler
 
@@ -43,12 +43,10 @@ class TriviaSeed:
 def read_seeds(path: str) -> tuple[list[TriviaSeed], list[str]]:
     """Seeds from JSONL {"id", "question", "answer", "aliases"?}; bad lines are reported."""
     seeds, problems, seen = [], [], set()
-    for line_no, obj, error in read_lines(path):
+    for line_no, obj, error in read_objects(path):
         try:
             if error:
                 raise ValueError(error)
-            if not isinstance(obj, dict):
-                raise ValueError("not a JSON object")
             for key in ("id", "question", "answer"):
                 if not isinstance(obj.get(key), str) or not obj[key].strip():
                     raise ValueError(f"{key}: missing or not a non-empty string")

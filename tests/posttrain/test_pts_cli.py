@@ -119,6 +119,7 @@ def test_load_questions_counts_malformed_lines(tmp_path):
     assert len(problems) == 8 and problems[7].startswith(f"{path}:10: invalid JSON")
     assert problems[0].startswith(f"{path}:2:") and "unknown fields ['colour']" in problems[1]
     assert "duplicate" in problems[2] and f"{path}:5:" in problems[3]
+    assert problems[4] == f"{path}:6: not a JSON object"
     assert problems[5] == f"{path}:8: answer must be a string"
     assert "kind 'essay' is not one of" in problems[6]
 
