@@ -87,7 +87,7 @@ def estimate_bytes(model: ModelConfig, *, fsdp: int, tensor: int, rows: int, seq
 
     Fitted to libtpu compiles of Phi-4 on v5p (`bench/aot.py` and 5 more layouts, 2026-11-26):
     estimate / compiled peak from 0.96 (16K, 5 rows, tensor 2, accumulating: 62.2 vs 64.6 GiB)
-    to 1.12 (4K, 15 rows, v5p-768: 61.8 vs 55.2 GiB). The previous estimate was up to 17% under
+    to 1.12 (4K, 15 rows, v5p-768: 61.8 vs 55.2 GiB). The previous estimate was up to 24% under
     at 16K. It ranks candidates; the ahead-of-time compile is the proof.
     """
     params = count_params(model)
