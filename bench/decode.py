@@ -88,26 +88,27 @@ def worker_ours(batches: list[int], new: int, repeats: int, dtype: str) -> dict:
             return np.asarray(jax.block_until_ready(result.tokens)).tolist()
 
         out[batch]["prefill"] = min(_measure(prefill, repeats)["times"])
-    out[0] = {"floor": _weight_floor(model, repeats)}
-    from phi4_jax.model import decode_layers
-
-    out[0]["bytes"] = sum(x.size * x.dtype.itemsize
-                          for x in jax.tree.leaves(decode_layers.decode_weights(model)))
+    out[0] = _packed_info(model, repeats)
     return out
 
 
-def _weight_floor(model, repeats: int) -> float | None:
-    """Seconds to read every weight of a decode step once (one row, the CPU kernel), the least a
-    bandwidth-bound one-token step can take on this machine; None without the kernel."""
+def _packed_info(model, repeats: int) -> dict:
+    """How this worker decodes: whether the CPU kernel is used, the largest packed batch, the
+    bytes of packed weights, and `floor`: seconds to read every weight once (one row, the CPU
+    kernel), the least a bandwidth-bound one-token step can take here (None without it)."""
     import jax
     import jax.numpy as jnp
 
     from phi4_jax import kernels
     from phi4_jax.model import decode_layers
 
-    if not decode_layers.uses_kernel(model.config):
-        return None
     weights = decode_layers.decode_weights(model)
+    info = {"kernel": decode_layers.uses_kernel(model.config),
+            "max_packed": decode_layers.max_packed_batch(model.config),
+            "bytes": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(weights)),
+            "floor": None}
+    if not info["kernel"]:
+        return info
     mats = [w for layer in weights.layers for w in (layer.qkv, layer.o, layer.gate_up,
                                                      layer.down)] + [weights.vocab]
 
@@ -128,7 +129,8 @@ def _weight_floor(model, repeats: int) -> float | None:
         start = time.perf_counter()
         jax.block_until_ready(read_all(mats))
         times.append(time.perf_counter() - start)
-    return min(times)
+    info["floor"] = min(times)
+    return info
 
 
 def worker_hf(batches: list[int], new: int, repeats: int, threads: int, dtype: str) -> dict:
@@ -214,12 +216,7 @@ def main() -> None:
     _, _, eos = _prompt_ids()
     ours = _run_worker("ours", args)
     theirs = {t: _run_worker("hf", args, t) for t in args.torch_threads}
-    from phi4_jax import kernels
-    from phi4_jax.model import decode_layers
-
-    kernel = kernels.available()  # as the worker saw it (same machine, cached build)
-    limit = decode_layers.MAX_PACKED_BATCH if kernel else decode_layers.MAX_PACKED_BATCH_XLA
-
+    kernel, limit = ours["kernel"], ours["max_packed"]  # as the worker decoded
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"SmolLM2-135M-Instruct, {args.dtype}, CPU ({os.cpu_count()} cores, {threads} usable "
           f"threads), greedy, "
