@@ -49,8 +49,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["phi4_jax", "phi4_jax.*", "experiments", "launch",
                                     "data_mixtures"]),
-    # The CPU decode kernel's source is compiled on first use (phi4_jax/kernels/__init__.py).
-    package_data={"phi4_jax.kernels": ["*.cc"]},
+    # The CPU decode kernel's source is compiled on first use (phi4_jax/inference/kernels).
+    package_data={"phi4_jax.inference.kernels": ["*.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     license="Apache-2.0",

@@ -69,7 +69,7 @@ CASES = {"pretrain": _pretrain, "accum": lambda: _pretrain(None), "midtrain": _m
 
 
 def run_case(name: str) -> dict:
-    from phi4_jax.sharding import planner
+    from launch import planner
     from phi4_jax.train import aot
 
     config, tpu, slices, plan_batch = CASES[name]()

@@ -34,7 +34,7 @@ import grain  # noqa: E402
 import numpy as np  # noqa: E402
 from grain.experimental import FirstFitPackIterDataset  # noqa: E402
 
-from phi4_jax.data.embedded import default_mixture  # noqa: E402
+from data_mixtures import embedded  # noqa: E402 (the package registers the mixture names)
 from phi4_jax.data.mixture import load_mixture  # noqa: E402
 from phi4_jax.data.pipeline import build_iterator  # noqa: E402
 from phi4_jax.data.store import TokenStore  # noqa: E402
@@ -86,7 +86,8 @@ def grain_first_fit(mixture, seq_len: int, batch: int, seed: int):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mixture", default="embedded", help="'embedded' or a mixture file")
+    parser.add_argument("--mixture", default="embedded",
+                        help="a mixture name ('embedded', 'phi4_pretrain', ...) or file")
     parser.add_argument("--data_root", help="store root for a mixture file")
     parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "phi4_data"))
     parser.add_argument("--budget_tokens", type=int, default=20_000_000,
@@ -96,9 +97,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args(argv)
     if args.mixture == "embedded":
-        mixture = default_mixture(args.cache_dir, budget_tokens=args.budget_tokens)
+        mixture = embedded.build_mixture(args.cache_dir, budget_tokens=args.budget_tokens)
     else:
-        mixture = load_mixture(args.mixture).resolve(args.data_root)
+        mixture = load_mixture(args.mixture, cache_dir=args.cache_dir).resolve(args.data_root)
     unique = sum(TokenStore(s.path).num_tokens for s in mixture.sources)
 
     best_fit = mixture.replace(sources=tuple(dataclasses.replace(s, packing="best_fit")

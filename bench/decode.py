@@ -69,7 +69,7 @@ def worker_ours(batches: list[int], new: int, repeats: int, dtype: str) -> dict:
 
     import phi4_jax
     from phi4_jax.convert.gguf import smollm2_path
-    from phi4_jax.model.decode import generate
+    from phi4_jax.inference.decode import generate
 
     ids, _, _ = _prompt_ids()
     model = phi4_jax.load_gguf(smollm2_path(), dtype=dtype)
@@ -99,12 +99,11 @@ def _packed_info(model, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from phi4_jax import kernels
-    from phi4_jax.model import decode_layers
+    from phi4_jax.inference import kernels, packed
 
-    weights = decode_layers.decode_weights(model)
-    info = {"kernel": decode_layers.uses_kernel(model.config),
-            "max_packed": decode_layers.max_packed_batch(model.config),
+    weights = packed.decode_weights(model)
+    info = {"kernel": packed.uses_kernel(model.config),
+            "max_packed": packed.max_packed_batch(model.config),
             "bytes": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(weights)),
             "floor": None}
     if not info["kernel"]:

@@ -77,7 +77,7 @@ def torch_side(model_config, batch):
     import torch
     import transformers
 
-    from phi4_jax.model import to_hf_config
+    from phi4_jax.convert.hf_config import to_hf_config
 
     torch.manual_seed(0)
     hf = to_hf_config(model_config)

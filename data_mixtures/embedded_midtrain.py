@@ -3,7 +3,7 @@
     python -m launch.local --exp=phi4_midtrain:smoke --workdir=workdirs/phi4_midtrain_smoke
 
 Sources, packing and weights are data_mixtures/phi4_midtrain.py's (read from it: 30% long
-context, 70% recall of Table 5); the stores are the embedded corpus (phi4_jax.data.embedded)
+context, 70% recall of Table 5); the stores are the embedded corpus (data_mixtures/embedded.py)
 and three long-context stores cut from it, after the paper's rule (documents longer than 8K
 tokens from books/academic and code, longer than 16K up-sampled, synthetic long data):
 
@@ -15,8 +15,8 @@ tokens from books/academic and code, longer than 16K up-sampled, synthetic long 
     recall roles    the five embedded stores themselves (concat packing, as in pretraining)
 
 So every row of a long source has positions from 0 past 8K (16K for long_16k_plus). The long
-stores are built once (under a second) next to the embedded corpus, in the pipeline's default
-embedded cache (tempdir/phi4_data), on first access to MIXTURE. The budget is 250B scaled like
+stores are built once (under a second) next to the embedded corpus, in the cache directory
+(`data.cache_dir`, default tempdir/phi4_data), by `build_mixture`. The budget is 250B scaled like
 the embedded corpus (1.5M / 10T): about two 16K rows.
 """
 
@@ -31,8 +31,9 @@ import tempfile
 
 import numpy as np
 
+from data_mixtures import embedded as embedded_mixture
 from data_mixtures import phi4_midtrain, phi4_pretrain
-from phi4_jax.data.embedded import DEFAULT_BUDGET, default_mixture
+from phi4_jax.data.embedded import DEFAULT_BUDGET
 from phi4_jax.data.mixture import Mixture
 from phi4_jax.data.store import MANIFEST, TokenStore, write_store
 
@@ -65,9 +66,9 @@ def build_long_stores(embedded: Mixture, directory: str) -> None:
                     info={"derived_from": origin, "version": VERSION})
 
 
-def mixture(cache_dir: str) -> Mixture:
+def build_mixture(cache_dir: str) -> Mixture:
     """phi4_midtrain's mixture over the embedded corpus built under `cache_dir`."""
-    embedded = default_mixture(cache_dir)
+    embedded = embedded_mixture.build_mixture(cache_dir)
     stores = {s.name: TokenStore(s.path) for s in embedded.sources}
     key = hashlib.sha256(json.dumps(
         [VERSION, LONG_SOURCES, sorted((n, st.fingerprint) for n, st in stores.items())]
@@ -96,14 +97,3 @@ def mixture(cache_dir: str) -> Mixture:
         name="embedded_midtrain", sources=sources, total_tokens=budget,
         description="phi4_midtrain's weights over the embedded corpus and long documents "
                     "concatenated from it")
-
-
-def default_cache_dir() -> str:
-    """Where `data.mixture='embedded'` builds the corpus when data.cache_dir is unset."""
-    return os.path.join(tempfile.gettempdir(), "phi4_data")
-
-
-def __getattr__(name: str):  # PEP 562: MIXTURE is built on first access, not at import
-    if name == "MIXTURE":
-        return mixture(default_cache_dir())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 The paper: about 8B tokens of math, coding, reasoning, conversation, model identity and safety
 data plus multilingual data in 40 languages, with the hallucination-refusal SFT examples. Their
 split is not stated, so they are one source here: concatenate the conversation files into one
-`python -m phi4_jax.posttrain.sft_data --input ... --output DATA_ROOT/sft` run. Conversations
+`python -m phi4_jax.data.sft --input ... --output DATA_ROOT/sft` run. Conversations
 are packed best-fit (whole up to data.seq_len, each its own segment) and the store's per-token
 masks carry the assistant-only loss into the batches.
 

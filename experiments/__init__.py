@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import os
 
+import data_mixtures  # noqa: F401 (registers the mixture names that configs' data.mixture give)
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _NOT_EXPERIMENTS = {"__init__", "base"}
 

@@ -25,7 +25,7 @@ Sections (override any field on the command line: `--exp.train.steps=20`):
                     loss_vocab_chunks (vocabulary slices the loss projects onto at a time),
                     async_checkpoint, peak_flops
     dpo             pairs, loss, beta, label_smoothing, max_pairs_per_row, reference_cache,
-                    cache_dir, tokenizer (phi4_jax/train/dpo.py, phi4_jax/posttrain/pair_data.py)
+                    cache_dir, tokenizer (phi4_jax/train/dpo/)
     log             tensorboard, wandb (used only when installed), wandb_project
 
 Defaults follow the Phi-4 report where it states a value (peak lr 3e-4, weight decay 0.1, global
@@ -104,8 +104,8 @@ def base_config() -> config_dict.ConfigDict:
         "async_checkpoint": True,
         "peak_flops": config_dict.placeholder(float),  # None: device table, measured on CPU
     })
-    # DPO (objective='dpo', data.source='pairs'); phi4_jax/train/dpo.py has the formulas. The
-    # Phi-4 report states none of these: they are documented choices.
+    # DPO (objective='dpo', data.source='pairs'); phi4_jax/train/dpo/losses.py has the
+    # formulas. The Phi-4 report states none of these: they are documented choices.
     c.dpo = config_dict.ConfigDict({
         "pairs": config_dict.placeholder(str),  # pair JSONL file(s), comma-separated
         "loss": "sigmoid",  # sigmoid | conservative | robust | ipo | hinge

@@ -5,7 +5,7 @@
         --exp.train.init_from=gs://BUCKET/phi4_dpo_pts
     python -m launch.local --exp=phi4_dpo_judge:smoke --workdir=workdirs/phi4_dpo_judge_smoke
         # after phi4_dpo_pts:smoke (its default init_from)
-    python -m phi4_jax.posttrain.pair_data plan --pairs JUDGE/pairs.jsonl,REFUSAL/pairs.jsonl \\
+    python -m phi4_jax.train.dpo.batches plan --pairs JUDGE/pairs.jsonl,REFUSAL/pairs.jsonl \\
         --seq_len 8192 --global_batch 64          # the exact steps per epoch
 
 The paper: about 850K judge-guided pairs (Table 8: 532K by accuracy score, 266K by overall
@@ -29,7 +29,7 @@ from experiments.base import parse_arg
 from experiments.phi4_dpo_pts import GLOBAL_BATCH, dpo_config
 
 PAIRS = 532_000 + 266_000 + 43_842  # Table 8
-PAIRS_PER_ROW = 2  # an assumption for the step count; `pair_data plan` measures it
+PAIRS_PER_ROW = 2  # an assumption for the step count; `dpo.batches plan` measures it
 SEQ_LEN = 8192
 
 

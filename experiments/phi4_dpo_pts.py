@@ -8,14 +8,14 @@
 
 Data: the exact steps per epoch of a pair set, and the smoke pairs:
 
-    python -m phi4_jax.posttrain.pair_data plan --pairs PTS/pairs.jsonl,REFUSAL/pairs.jsonl \\
+    python -m phi4_jax.train.dpo.batches plan --pairs PTS/pairs.jsonl,REFUSAL/pairs.jsonl \\
         --seq_len 4096 --global_batch 64
-    python -m phi4_jax.posttrain.pair_data demo --out workdirs/phi4_dpo_smoke_data
+    python -m phi4_jax.posttrain.demo pairs --output workdirs/phi4_dpo_smoke_data
 
 The paper: DPO on about 250K PTS pairs (Table 7: 3,000 + 132,859 + 76,552 + 16,080 + 21,806),
 each stage mixing in 1-5% of the hallucination-refusal pairs (5-token completions): list both
 files in dpo.pairs (their mix is their sizes). Pairs stay token ids end to end
-(phi4_jax/posttrain/pair_data.py).
+(phi4_jax/train/dpo/batches.py).
 
 Chain: init_from the SFT run, and the reference is that same checkpoint (train.reference_from
 unset = the start parameters); with dpo.reference_cache its log-probs are computed once, cached
@@ -26,7 +26,7 @@ Not stated in the paper, chosen here (documented defaults): the sigmoid DPO loss
 (Rafailov et al.'s, base.py's dpo section); peak lr 5e-7 (half the SFT rate, as open DPO
 recipes at 7-70B use), 10% linear warm-up then linear decay to 0.1 x peak; one epoch; 64 rows of
 4,096 positions per step with up to 16 pairs per row, so steps = PAIRS / (64 x an assumed 4
-pairs per row) = 978 (run `pair_data plan` for the real count and pass --exp.train.steps).
+pairs per row) = 978 (run `dpo.batches plan` for the real count and pass --exp.train.steps).
 
 Arg `smoke`: the tiny model at 64 positions, 8 rows per step, 30 steps at lr 1e-3 on the demo
 digit pairs (chosen = x + 1 mod 10) from workdirs/phi4_sft_smoke.
@@ -39,7 +39,7 @@ import math
 from experiments.base import base_config, parse_arg, scale_loss_chunks, shrink
 
 PAIRS = 250_297  # Table 7
-PAIRS_PER_ROW = 4  # an assumption for the step count; `pair_data plan` measures it
+PAIRS_PER_ROW = 4  # an assumption for the step count; `dpo.batches plan` measures it
 SEQ_LEN = 4096
 GLOBAL_BATCH = 64
 PEAK_LR = 5e-7

@@ -7,14 +7,14 @@
 
 Data first (once; the store, with its malformed-conversation report):
 
-    python -m phi4_jax.posttrain.sft_data --input conversations.jsonl --output DATA/sft \\
+    python -m phi4_jax.data.sft --input conversations.jsonl --output DATA/sft \\
         --max_tokens 16384
-    python -m phi4_jax.posttrain.sft_data --demo 400 --max_tokens 128 \\
+    python -m phi4_jax.posttrain.demo sft --num_conversations 400 --max_tokens 128 \\
         --output workdirs/phi4_sft_smoke_data/sft                # smoke: demo conversations
 
 The paper's numbers: learning rate 1e-6, about 8B tokens (data_mixtures/phi4_sft.py
 TOTAL_TOKENS; train.steps derived), ChatML with <|im_sep|>, loss on assistant tokens only
-(phi4_jax/posttrain/sft_data.py renders the masks; the objective is next_token: SFT differs
+(phi4_jax/data/sft.py renders the masks; the objective is next_token: SFT differs
 from pre-training only in its data's loss mask). Not stated, chosen here: 16,384 positions (the
 mid-trained context; conversations are packed best-fit, each its own segment), 256 sequences per
 step (4.2M tokens: 1,907 steps), warm-up 100 steps, then linear decay to 0.1 x peak (base.py's

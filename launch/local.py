@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+import data_mixtures  # noqa: F401 (registers the mixture names that data.mixture may give)
 import experiments
 
 

@@ -347,13 +347,13 @@ def on_tpu_vm() -> bool:
 
 def apply_plan(config, tpu: str | None, num_slices: int) -> None:
     """The batch planner's layout for the topology, applied to config (printed)."""
-    from phi4_jax.sharding import planner
+    from launch import planner
 
     if not tpu:
         raise LaunchError("--plan_batch needs --tpu (e.g. v5p-128)")
     try:
         plan = planner.plan_batch(config, tpu, num_slices)
-    except planner.PlanError as e:
+    except planner.BatchPlanError as e:
         raise LaunchError(f"batch planner: {e}") from e
     print(plan.describe(), flush=True)
     plan.apply(config)
@@ -407,9 +407,11 @@ def dry_run(values: flags.FlagValues):
                           f"out of memory: {str(e).splitlines()[0]}. {_FIT_HINT}") from e
     print("\n".join(report.lines()), flush=True)
     if values.workdir:
+        from phi4_jax.io.atomic import atomic_write_text
+
         os.makedirs(values.workdir, exist_ok=True)
-        with open(os.path.join(values.workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        atomic_write_text(os.path.join(values.workdir, "config.json"),
+                          config.to_json_best_effort(indent=2, sort_keys=True))
     if not report.fits:
         raise LaunchError(
             f"{config.name} does not fit on {values.tpu}: per-chip peak "

@@ -2,9 +2,9 @@
 
 Top-level entry points (imported lazily so `import phi4_jax.data` stays light):
 
-    phi4_jax.load_hf(path, **config_overrides) -> model
+    phi4_jax.load_hf(path, dtype=None, **config_overrides) -> model  # checkpoint's dtype
     phi4_jax.save_hf(model, path)
-    phi4_jax.load_gguf(path, **config_overrides) -> model
+    phi4_jax.load_gguf(path, dtype="float32", **config_overrides) -> model
 """
 
 from __future__ import annotations

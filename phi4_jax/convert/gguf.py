@@ -143,10 +143,14 @@ def gguf_config(reader, path: str, **overrides: Any) -> ModelConfig:
     return ModelConfig(**kwargs)
 
 
-def load_gguf(path: str, **config_overrides: Any) -> Transformer:
-    """Loads a llama-architecture GGUF file (any quantization the gguf package dequantizes)."""
+def load_gguf(path: str, *, dtype: str = "float32", **config_overrides: Any) -> Transformer:
+    """Loads a llama-architecture GGUF file (any quantization the gguf package dequantizes).
+
+    The weights are dequantized to float32, so the model computes in float32 unless `dtype`
+    says otherwise; `config_overrides` replace other ModelConfig fields.
+    """
     reader = _reader(path)
-    config = gguf_config(reader, path, **config_overrides)
+    config = gguf_config(reader, path, dtype=dtype, **config_overrides)
     source = GGUFSource(path, reader)
     check_tensors(source, config, "LlamaForCausalLM", path)
     return build_model(source, config, "LlamaForCausalLM")
@@ -206,10 +210,6 @@ class GGUFTokenizer:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         return env.from_string(self.chat_template).render(
             messages=list(messages), add_generation_prompt=add_generation_prompt)
-
-
-def load_gguf_tokenizer(path: str) -> GGUFTokenizer:
-    return GGUFTokenizer(path)
 
 
 def smollm2_path() -> str:

@@ -21,9 +21,9 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from phi4_jax.convert import layout
+from phi4_jax.convert import hf_names
+from phi4_jax.convert.hf_config import checkpoint_dtype, from_hf_config, to_hf_config
 from phi4_jax.model import ModelConfig, Transformer, abstract_model
-from phi4_jax.model.config import from_hf_config, to_hf_config
 
 log = logging.getLogger(__name__)
 # Tensors some exporters write that carry no parameters.
@@ -73,11 +73,16 @@ class SafetensorsSource:
     def get(self, name: str) -> np.ndarray:
         return self._files[self._where[name]].get_tensor(name)
 
+    def dtypes(self) -> list[str]:
+        """Every tensor's safetensors dtype code ("F32", "BF16", ...), in the index's order."""
+        return [self._files[file].get_slice(name).get_dtype()
+                for name, file in self._where.items()]
+
 
 def check_tensors(source: TensorSource, config: ModelConfig, architecture: str,
                   where: str) -> None:
     """Raises ValueError naming every missing, unexpected or mis-shaped tensor."""
-    expected = layout.hf_tensors(config, architecture)
+    expected = hf_names.hf_tensors(config, architecture)
     present = {n for n in source.names() if not n.endswith(_IGNORED_SUFFIXES)}
     problems = []
     missing = [n for n in expected if n not in present]
@@ -97,7 +102,7 @@ def check_tensors(source: TensorSource, config: ModelConfig, architecture: str,
 
 
 def build_model(source: TensorSource, config: ModelConfig, architecture: str,
-                shardings: Mapping[layout.Path, jax.sharding.Sharding] | None = None
+                shardings: Mapping[hf_names.Path, jax.sharding.Sharding] | None = None
                 ) -> Transformer:
     """Builds a Transformer whose parameters are read from `source` leaf by leaf.
 
@@ -106,16 +111,17 @@ def build_model(source: TensorSource, config: ModelConfig, architecture: str,
     """
     model = abstract_model(config)
     param_state = nnx.state(model, nnx.Param)
-    by_path: dict[layout.Path, list[layout.Group]] = {}
-    for g in layout.groups(config, architecture):
+    by_path: dict[hf_names.Path, list[hf_names.Group]] = {}
+    for g in hf_names.groups(config, architecture):
         by_path.setdefault(g.path, []).append(g)
     abstract = {_key(p): v.get_value() for p, v in nnx.to_flat_state(param_state)}
-    if set(abstract) != set(by_path):  # a layout/model mismatch is a programming error
-        raise AssertionError(f"layout covers {sorted(by_path)}, model has {sorted(abstract)}")
+    if set(abstract) != set(by_path):  # a hf_names/model mismatch is a programming error
+        raise AssertionError(f"hf_names.groups covers {sorted(by_path)}, model has "
+                             f"{sorted(abstract)}")
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     cache: dict[str, np.ndarray] = {}
 
-    def read(group: layout.Group) -> np.ndarray:
+    def read(group: hf_names.Group) -> np.ndarray:
         arrays = []
         for t in group.tensors:
             if t.name not in cache:  # keep one HF tensor: fused ones serve q/k/v, gate/up
@@ -150,31 +156,38 @@ def build_model(source: TensorSource, config: ModelConfig, architecture: str,
     return model
 
 
-def _key(path) -> layout.Path:
+def _key(path) -> hf_names.Path:
     return tuple(str(k) for k in path)
 
 
-def load_hf(path: str, *, shardings: Any = None, **config_overrides: Any) -> Transformer:
+def load_hf(path: str, *, dtype: str | None = None, shardings: Any = None,
+            **config_overrides: Any) -> Transformer:
     """Loads a Hugging Face Phi3/Llama/Mistral causal-LM directory into a Transformer.
 
-    `config_overrides` replace ModelConfig fields (e.g. dtype="float32", remat="full").
+    The model computes in `dtype`; by default (None) in the checkpoint's own dtype, as
+    transformers' `dtype="auto"`: config.json's `dtype` / `torch_dtype`, else the safetensors
+    headers' (see `hf_config.checkpoint_dtype`), so a float32 checkpoint computes in float32
+    and a bfloat16 one in bfloat16. Parameters are stored in `param_dtype` (default float32)
+    whatever the file holds. `config_overrides` replace other ModelConfig fields (e.g.
+    remat="full", param_dtype="bfloat16"); `shardings` as in `build_model`.
     """
     config_path = os.path.join(path, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{path}: no config.json")
     with open(config_path) as f:
         hf = json.load(f)
+    source = SafetensorsSource(path)
     try:
-        config = from_hf_config(hf, **config_overrides)
+        config = from_hf_config(hf, dtype=dtype or checkpoint_dtype(hf, source.dtypes()),
+                                **config_overrides)
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{config_path}: {e}") from e
     architecture = (hf.get("architectures") or ["Phi3ForCausalLM"])[0]
-    source = SafetensorsSource(path)
     check_tensors(source, config, architecture, path)
     return build_model(source, config, architecture, shardings)
 
 
-def iter_params(model: Transformer) -> Mapping[layout.Path, jax.Array]:
+def iter_params(model: Transformer) -> Mapping[hf_names.Path, jax.Array]:
     state = nnx.state(model, nnx.Param)
     return {_key(p): v.get_value() for p, v in nnx.to_flat_state(state)}
 
@@ -185,11 +198,11 @@ def export_arrays(model: Transformer, architecture: str = "Phi3ForCausalLM",
     params = iter_params(model)
     out_dtype = np.dtype(dtype) if dtype is not None else None
 
-    def leaf(path: layout.Path, layer: int | None) -> np.ndarray:
+    def leaf(path: hf_names.Path, layer: int | None) -> np.ndarray:
         value = params[path] if layer is None else params[path][layer]
         return np.asarray(jax.device_get(value))
 
-    for name, arr in layout.export_tensors(model.config, architecture, leaf):
+    for name, arr in hf_names.export_tensors(model.config, architecture, leaf):
         yield name, (arr.astype(out_dtype) if out_dtype is not None else arr)
 
 
@@ -233,11 +246,11 @@ def save_hf(model: Transformer, path: str, *, architecture: str = "Phi3ForCausal
         if os.path.exists(stale):
             os.remove(stale)
     else:
-        names = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
-        for tmp, final in zip(tmp_names, names):
+        shard_names = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        for tmp, final in zip(tmp_names, shard_names):
             os.replace(tmp, os.path.join(path, final))
         index = {"metadata": {"total_size": total},
-                 "weight_map": {k: names[v] for k, v in weight_map.items()}}
+                 "weight_map": {k: shard_names[v] for k, v in weight_map.items()}}
         with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
             json.dump(index, f, indent=2)
     with open(os.path.join(path, "config.json"), "w") as f:

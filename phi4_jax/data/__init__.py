@@ -8,11 +8,13 @@ Modules (imported explicitly; this package imports nothing heavy on its own):
   arithmetic  generated word problems with worked solutions (embedded "synthetic" role)
   prepare     the Apache Beam job that writes token stores (python -m phi4_jax.data.prepare)
   store       token store reader/writer
-  mixture     Source / Stage / Mixture declarations and mixture-file loading
+  mixture     Source / Stage / Mixture declarations; load_mixture (files, modules, names
+              registered by the caller's package)
   plan        epochs per source, the plan table (python -m phi4_jax.data.plan FILE)
   schedule    exact row apportionment between sources
-  layout      per-source epoch permutations and row layouts (concat and best-fit)
+  row_layout  per-source epoch permutations and row layouts (concat and best-fit)
   packing     gathers row layouts into the batch arrays
   pipeline    build_iterator(): the checkpointable per-host Grain iterator
-  embedded    default_mixture(cache_dir): a real offline corpus built from the Python install
+  embedded    embedded_mixture(cache_dir, table, ...): a real offline corpus built from the
+              Python install, in the roles and fractions of the caller's table
 """

@@ -1,10 +1,12 @@
-"""The embedded default mixture: real text from the Python installation, no download.
+"""The embedded corpus: real text from the Python installation in five roles, no download.
 
-    from phi4_jax.data.embedded import default_mixture
-    mixture = default_mixture("/tmp/phi4_data")          # builds once (~2 s), then cached
+    from phi4_jax.data.embedded import embedded_mixture
+    mixture = embedded_mixture("/tmp/phi4_data", table, reference_tokens=10e12)  # ~2 s once
     it = build_iterator(mixture, seq_len=512, global_batch_size=8, num_steps=...)
 
-Table 5's five roles, each a token store (names as in data_mixtures/phi4_pretrain.py):
+`table` maps each role to (fraction of training tokens, unique tokens at reference_tokens); the
+caller gives it (data_mixtures/embedded.py passes paper Table 5). The five roles, each a token
+store:
 
     web           docstrings of the standard library (module, class and function prose)
     web_rewrites  the same docstrings rewritten by a fixed template into question / answer /
@@ -13,9 +15,10 @@ Table 5's five roles, each a token store (names as in data_mixtures/phi4_pretrai
     code          standard library source files
     acquired      the Python reference manual text shipped as pydoc_data.topics, and LICENSE.txt
 
-Each role's unique tokens are Table 5's scaled by budget / 10T (until its material runs out), and
-the weights are Table 5's fractions, so the default budget repeats each role about as often as
-Table 5 does (1.2 / 5.2 / 13.8 / 2.4 / 1.7 epochs). Documents end with <|endoftext|>.
+Each role's store holds its unique tokens x budget / reference_tokens (until its material runs
+out) and the weights are the table's fractions, so a budget repeats each role about as often as
+the table does at reference_tokens (Table 5: 1.2 / 5.2 / 13.8 / 2.4 / 1.7 epochs). Documents
+end with <|endoftext|>.
 """
 
 from __future__ import annotations
@@ -32,19 +35,18 @@ import sysconfig
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from data_mixtures.phi4_pretrain import TABLE_5, TOTAL_TOKENS
 from phi4_jax.data.arithmetic import word_problems
 from phi4_jax.data.mixture import Mixture, Source, Stage
 from phi4_jax.data.store import MANIFEST, Manifest, write_store
 from phi4_jax.data.tokenizer import TOKENIZER_ID, tokenize_documents
 
 EMBEDDED_VERSION = 1
-DEFAULT_BUDGET = 1_500_000  # tokens; unique tokens per role = Table 5's x budget / 10T
-ROLES = tuple(TABLE_5)
+DEFAULT_BUDGET = 1_500_000  # tokens; unique tokens per role = the table's x budget / reference
+ROLES = ("web", "web_rewrites", "synthetic", "code", "acquired")
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
 _DEF_DOC = re.compile(r'^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+(\w+)[^\n]*:[ \t]*\n'
                       r'[ \t]*[rRuU]?("""|\'\'\')(.*?)\2', re.M | re.S)
@@ -142,14 +144,25 @@ def _role_texts(role: str, sources: dict[str, str], docs: list[tuple[str, str]]
     raise ValueError(f"unknown role {role!r}")
 
 
-def _cache_key(budget_tokens: int) -> str:
-    blob = json.dumps([EMBEDDED_VERSION, budget_tokens, TOKENIZER_ID, sys.version,
+def _cache_key(targets: Mapping[str, int]) -> str:
+    blob = json.dumps([EMBEDDED_VERSION, sorted(targets.items()), TOKENIZER_ID, sys.version,
                        sysconfig.get_paths()["stdlib"]])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def build(directory: str, budget_tokens: int = DEFAULT_BUDGET) -> dict[str, Manifest]:
-    """Writes the five role stores into `directory` (no caching; see default_mixture)."""
+def role_targets(table: Mapping[str, tuple[float, float]], reference_tokens: float,
+                 budget_tokens: int) -> dict[str, int]:
+    """Tokens per role store: unique tokens x budget / reference_tokens (checks the roles)."""
+    if set(table) != set(ROLES):
+        raise ValueError(f"the embedded corpus has roles {list(ROLES)}; the table has "
+                         f"{list(table)}")
+    return {role: int(unique * budget_tokens / reference_tokens)
+            for role, (_, unique) in table.items()}
+
+
+def build(directory: str, targets: Mapping[str, int]) -> dict[str, Manifest]:
+    """Writes one store per role of `targets` (role -> tokens) into `directory` (no caching;
+    see materialize)."""
     start = time.perf_counter()
     sources = {}
     for path in stdlib_files():
@@ -160,8 +173,7 @@ def build(directory: str, budget_tokens: int = DEFAULT_BUDGET) -> dict[str, Mani
             continue  # a broken file in someone's install must not stop the build
     docs = docstrings(sources)
     manifests = {}
-    for role, (_, unique) in TABLE_5.items():
-        target = int(unique * budget_tokens / TOTAL_TOKENS)
+    for role, target in targets.items():
         token_docs = _take(_role_texts(role, sources, docs), target)
         manifests[role] = write_store(
             os.path.join(directory, role), role, (np.asarray(d, np.uint32) for d in token_docs),
@@ -172,30 +184,39 @@ def build(directory: str, budget_tokens: int = DEFAULT_BUDGET) -> dict[str, Mani
     return manifests
 
 
-def default_mixture(cache_dir: str, *, budget_tokens: int = DEFAULT_BUDGET) -> Mixture:
-    """Materializes the embedded corpus under cache_dir (once; idempotent, safe against
-    concurrent builders) and returns its Mixture: Table 5 roles and fractions,
-    total_tokens = budget_tokens, absolute store paths, unique tokens from the stores."""
-    final = os.path.join(os.path.abspath(cache_dir), f"embedded-{_cache_key(budget_tokens)}")
-    if not all(os.path.exists(os.path.join(final, r, MANIFEST)) for r in ROLES):
+def materialize(cache_dir: str, targets: Mapping[str, int]) -> dict[str, str]:
+    """Builds the role stores under cache_dir once (idempotent, and safe against concurrent
+    builders: the whole directory is renamed into place) and returns role -> store path,
+    cache_dir/embedded-KEY/ROLE."""
+    final = os.path.join(os.path.abspath(cache_dir), f"embedded-{_cache_key(targets)}")
+    if not all(os.path.exists(os.path.join(final, r, MANIFEST)) for r in targets):
         os.makedirs(cache_dir, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".embedded-build-", dir=cache_dir)
         try:
-            build(tmp, budget_tokens)
+            build(tmp, targets)
             if os.path.exists(final):  # a partial or concurrent build: keep one complete copy
                 shutil.rmtree(final, ignore_errors=True)
             try:
                 os.rename(tmp, final)
             except OSError:
-                if not all(os.path.exists(os.path.join(final, r, MANIFEST)) for r in ROLES):
+                if not all(os.path.exists(os.path.join(final, r, MANIFEST)) for r in targets):
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    manifests = {r: Manifest.from_file(os.path.join(final, r, MANIFEST)) for r in ROLES}
+    return {r: os.path.join(final, r) for r in targets}
+
+
+def embedded_mixture(cache_dir: str, table: Mapping[str, tuple[float, float]], *,
+                     reference_tokens: float, budget_tokens: int = DEFAULT_BUDGET,
+                     name: str = "embedded", description: str = "") -> Mixture:
+    """The embedded corpus (built under cache_dir on first use) as a Mixture: the table's roles
+    and fractions, total_tokens = budget_tokens, absolute store paths, unique tokens from the
+    stores. table: role -> (fraction, unique tokens at reference_tokens)."""
+    paths = materialize(cache_dir, role_targets(table, reference_tokens, budget_tokens))
+    manifests = {r: Manifest.from_file(os.path.join(p, MANIFEST)) for r, p in paths.items()}
     return Mixture(
-        name="embedded", total_tokens=float(budget_tokens),
-        description="offline default: Python stdlib docstrings / rewrites / arithmetic / code / "
-                    "reference manual, Table 5 roles and fractions",
-        sources=tuple(Source(r, os.path.join(final, r), unique_tokens=manifests[r].num_tokens)
-                      for r in ROLES),
-        stages=(Stage({role: fraction for role, (fraction, _) in TABLE_5.items()}),))
+        name=name, total_tokens=float(budget_tokens),
+        description=description or "offline: Python stdlib docstrings / rewrites / arithmetic / "
+                                   "code / reference manual",
+        sources=tuple(Source(r, paths[r], unique_tokens=manifests[r].num_tokens) for r in table),
+        stages=(Stage({role: fraction for role, (fraction, _) in table.items()}),))

@@ -1,8 +1,8 @@
 """Mixture declarations: sources (logical name -> token store), token fractions per stage, budget.
 
-A mixture file (`data_mixtures/*.py`) is a Python module that defines `MIXTURE`, a `Mixture`.
-It only declares; `phi4_jax.data.plan` turns it into epochs per source and
-`phi4_jax.data.pipeline` into batches. Example:
+A mixture file is a Python module that defines `MIXTURE`, a `Mixture` (or, when its stores are
+built on demand, `build_mixture(cache_dir) -> Mixture`). It only declares; `phi4_jax.data.plan`
+turns it into epochs per source and `phi4_jax.data.pipeline` into batches. Example:
 
     MIXTURE = Mixture(
         name="example", total_tokens=10**12,
@@ -12,6 +12,11 @@ It only declares; `phi4_jax.data.plan` turns it into epochs per source and
 
 Fractions are shares of the token budget (not of documents or rows). Relative store paths
 resolve against the `data_root` given at build time.
+
+`load_mixture(spec)` takes a Mixture, a mixture file path, a dotted module name or a name
+registered with `register_mixture`. This library registers no names itself: the package that
+declares mixtures does (the repository's data_mixtures/ registers each of its files by file name
+when imported, and the experiments and launchers import it).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import importlib
 import importlib.util
 import math
 import os
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 
 PACKING_MODES = ("concat", "best_fit")
 _TOLERANCE = 1e-6
@@ -130,11 +136,33 @@ class Mixture:
         return dataclasses.replace(self, **changes)
 
 
-def load_mixture(spec: str | Mixture) -> Mixture:
-    """Loads `MIXTURE` from a mixture file path, a module name or a bare name in data_mixtures/
-    (e.g. "phi4_pretrain"); a Mixture passes through."""
-    if isinstance(spec, Mixture):
-        return spec
+MixtureSpec = Mixture | str | Callable[[str], Mixture]
+_REGISTRY: dict[str, MixtureSpec] = {}
+
+
+def register_mixture(name: str, spec: MixtureSpec) -> None:
+    """Makes `load_mixture(name)` resolve to `spec`: a Mixture, a mixture file path, a dotted
+    module name or a function of the cache directory returning a Mixture. Registering a name
+    again replaces it."""
+    if not name or "." in name or os.sep in name or name.endswith(".py"):
+        raise MixtureError(f"mixture name {name!r}: a registered name is a bare word (no '.', "
+                           "no path separator)")
+    if isinstance(spec, str) and not ("." in spec or os.sep in spec):
+        raise MixtureError(f"mixture {name!r}: {spec!r} is neither a file path nor a dotted "
+                           "module name")
+    _REGISTRY[name] = spec
+
+
+def registered_mixtures() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def default_cache_dir() -> str:
+    """Where mixtures that build their stores on demand put them unless told: tempdir/phi4_data."""
+    return os.path.join(tempfile.gettempdir(), "phi4_data")
+
+
+def _module(spec: str):
     if spec.endswith(".py") or os.sep in spec:
         if not os.path.exists(spec):
             raise MixtureError(f"{spec}: no such mixture file")
@@ -142,9 +170,35 @@ def load_mixture(spec: str | Mixture) -> Mixture:
         module_spec = importlib.util.spec_from_file_location(name, spec)
         module = importlib.util.module_from_spec(module_spec)
         module_spec.loader.exec_module(module)
-    else:  # a module name; a bare name means data_mixtures.<name>
-        module = importlib.import_module(spec if "." in spec else f"data_mixtures.{spec}")
-    mixture = getattr(module, "MIXTURE", None)
+        return module
+    if "." in spec:
+        return importlib.import_module(spec)
+    known = ", ".join(registered_mixtures()) or "none"
+    raise MixtureError(f"unknown mixture {spec!r}: not a file path, not a dotted module name and "
+                       f"not a registered name (registered: {known}). Pass a mixture file path, "
+                       "or register the name with phi4_jax.data.mixture.register_mixture (the "
+                       "repository's data_mixtures package registers its files when imported)")
+
+
+def load_mixture(spec: MixtureSpec, *, cache_dir: str | None = None) -> Mixture:
+    """The Mixture that `spec` names: a Mixture passes through; a function is called with the
+    cache directory; a file path or dotted module name is loaded (its `build_mixture(cache_dir)`
+    if it defines one, else its `MIXTURE`); any other string is a registered name.
+
+    cache_dir: where on-demand stores are built (default: default_cache_dir()).
+    """
+    if isinstance(spec, Mixture):
+        return spec
+    cache_dir = cache_dir or default_cache_dir()
+    if callable(spec):
+        mixture = spec(cache_dir)
+    elif spec in _REGISTRY:
+        return load_mixture(_REGISTRY[spec], cache_dir=cache_dir)
+    else:
+        module = _module(spec)
+        build = getattr(module, "build_mixture", None)
+        mixture = build(cache_dir) if callable(build) else getattr(module, "MIXTURE", None)
     if not isinstance(mixture, Mixture):
-        raise MixtureError(f"{spec}: defines no MIXTURE of type phi4_jax.data.mixture.Mixture")
+        raise MixtureError(f"{spec}: defines no MIXTURE (or build_mixture) giving a "
+                           "phi4_jax.data.mixture.Mixture")
     return mixture

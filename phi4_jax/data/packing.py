@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from phi4_jax.data.layout import Pieces
+from phi4_jax.data.row_layout import Pieces
 from phi4_jax.data.store import TokenStore
 from phi4_jax.data.tokenizer import PAD
 

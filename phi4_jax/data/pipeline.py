@@ -6,15 +6,16 @@
 Global step s is made of global rows [s * B, (s + 1) * B); process h of H builds only rows
 [s * B + h * B / H, s * B + (h + 1) * B / H), so concatenating the hosts' batches in process
 order gives the same global batch for any H. Each row comes from one source (schedule), and its
-content from that source's layout (layout) gathered from the memory-mapped store (packing).
+content from that source's row layout (row_layout) gathered from the memory-mapped store (packing).
 
 The iterator is a `grain.DatasetIterator` over `grain.MapDataset.range(num_steps).map(...)`
-with Grain's thread prefetch. Its state is JSON: {"step", "grain", "plan", "sources"}. It is
-host-count independent (a global step), so a run may resume with a different number of hosts.
-Save it in the training checkpoint with `save_args(it)` / `restore_args()` / `restore(it, ...)`
-(an orbax JSON item), or with `grain.checkpoint.CheckpointSave(it)` (one file per process).
-Restoring checks the plan and every store's content fingerprint and names the source that
-changed.
+with Grain's thread prefetch. Its state (`get_state()`) is JSON: {"version", "step", "grain",
+"plan_digest", "plan", "sources"}, the same on every host: a global step, no host index. So a
+run may resume with a different number of hosts (the training checkpoint,
+phi4_jax/train/checkpoint.py, accepts that when every host saved the same state; the global
+batch must divide over the new host count). `set_state` checks the plan and every store's
+content fingerprint and names the source that changed. Grain's own
+`grain.checkpoint.CheckpointSave(it)` handler also works.
 """
 
 from __future__ import annotations
@@ -22,21 +23,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from typing import Any
 
 import grain
 import numpy as np
 
-from phi4_jax.data.layout import make_layout
 from phi4_jax.data.mixture import Mixture, load_mixture
 from phi4_jax.data.packing import empty_batch, fill_rows
 from phi4_jax.data.plan import Plan, row_plan
+from phi4_jax.data.row_layout import make_layout
 from phi4_jax.data.store import TokenStore
 
 STATE_VERSION = 1
-DATA_ITEM = "data"  # suggested item name in an orbax CheckpointManager composite
 log = logging.getLogger(__name__)
 
 
@@ -216,41 +214,16 @@ def build_iterator(mixture: Mixture | str, *, seq_len: int, global_batch_size: i
 def build_from_config(data: Any, *, global_batch_size: int, num_steps: int | None = None,
                       process_index: int | None = None,
                       process_count: int | None = None) -> DataIterator:
-    """build_iterator for an experiment's `data` section (an ml_collections ConfigDict or any
-    object with attributes): mixture ('embedded', a data_mixtures/ name, a module or a file),
-    seq_len, seed, cache_dir (where the embedded corpus is built; default: a temp dir) and
-    data_root (where a mixture file's relative store paths live)."""
-    mixture = data.mixture
-    if mixture == "embedded":
-        from phi4_jax.data.embedded import default_mixture  # noqa: PLC0415
-
-        cache_dir = getattr(data, "cache_dir", None) or os.path.join(tempfile.gettempdir(),
-                                                                     "phi4_data")
-        mixture = default_mixture(cache_dir)
+    """build_iterator for a run's typed `data` section (`phi4_jax.train.config.DataConfig`,
+    or any object with its attributes): mixture (a registered name such as 'embedded' or
+    'phi4_pretrain', a module or a file; mixture.load_mixture), seq_len, seed, cache_dir (where
+    on-demand stores such as the embedded corpus are built; None: a temp dir) and data_root
+    (where a mixture file's relative store paths live; may be None)."""
+    mixture = load_mixture(data.mixture, cache_dir=data.cache_dir)
     return build_iterator(mixture, seq_len=data.seq_len, global_batch_size=global_batch_size,
-                          num_steps=num_steps, seed=getattr(data, "seed", 0),
-                          data_root=getattr(data, "data_root", None),
+                          num_steps=num_steps, seed=data.seed, data_root=data.data_root,
                           process_index=process_index, process_count=process_count)
 
 
-def save_args(iterator: DataIterator):
-    """Orbax args saving the iterator state as a JSON item (written once, by the primary host)."""
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
-    return ocp.args.JsonSave(iterator.get_state())
-
-
-def restore_args():
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
-    return ocp.args.JsonRestore()
-
-
-def restore(iterator: DataIterator, state: dict[str, Any]) -> DataIterator:
-    """Applies a restored JSON state (checked against the stores and plan) and returns it."""
-    iterator.set_state(dict(state))
-    return iterator
-
-
-__all__ = ["DATA_ITEM", "DataIterator", "DataStateError", "MixtureData", "build_from_config",
-           "build_iterator", "check_state", "restore", "restore_args", "save_args"]
+__all__ = ["DataIterator", "DataStateError", "MixtureData", "build_from_config", "build_iterator",
+           "check_state"]

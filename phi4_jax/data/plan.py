@@ -19,11 +19,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from phi4_jax.data.mixture import Mixture, load_mixture
+from phi4_jax.data.mixture import Mixture, MixtureError, load_mixture
 from phi4_jax.data.schedule import DEFAULT_PERIOD, RowSchedule
 
 
-class PlanError(ValueError):
+class MixturePlanError(ValueError):
     """A mixture that cannot be planned (missing unique tokens, too many epochs)."""
 
 
@@ -64,8 +64,9 @@ def _unique(mixture: Mixture, unique_tokens: Mapping[str, float] | None) -> dict
     for s in mixture.sources:
         value = (unique_tokens or {}).get(s.name, s.unique_tokens)
         if value is None or not value > 0:
-            raise PlanError(f"mixture {mixture.name!r}, source {s.name!r}: unique tokens unknown "
-                            "(declare unique_tokens or plan against prepared stores)")
+            raise MixturePlanError(f"mixture {mixture.name!r}, source {s.name!r}: unique tokens "
+                                   "unknown (declare unique_tokens or plan against prepared "
+                                   "stores)")
         out[s.name] = float(value)
     return out
 
@@ -74,8 +75,8 @@ def check_max_epochs(plan: Plan) -> None:
     over = [f"source {s.name!r}: {s.epochs:.3f} epochs planned, max_epochs {s.max_epochs}"
             for s in plan.sources if s.max_epochs is not None and s.epochs > s.max_epochs + 1e-9]
     if over:
-        raise PlanError(f"mixture {plan.mixture.name!r} repeats data more than allowed: "
-                        + "; ".join(over))
+        raise MixturePlanError(f"mixture {plan.mixture.name!r} repeats data more than allowed: "
+                               + "; ".join(over))
 
 
 def token_plan(mixture: Mixture, *, total_tokens: float | None = None,
@@ -112,7 +113,7 @@ def row_plan(mixture: Mixture, *, seq_len: int, global_batch_size: int,
     if num_steps is None:
         num_steps = int(mixture.total_tokens // (global_batch_size * seq_len))
     if num_steps <= 0:
-        raise PlanError(f"mixture {mixture.name!r}: budget gives {num_steps} steps")
+        raise MixturePlanError(f"mixture {mixture.name!r}: budget gives {num_steps} steps")
     unique = _unique(mixture, unique_tokens)
     fill = np.array([(fills or {}).get(s.name, 1.0) for s in mixture.sources])
     steps = stage_steps(mixture, num_steps)
@@ -174,7 +175,8 @@ def format_table(plan: Plan) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m phi4_jax.data.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mixture", help="mixture file (data_mixtures/*.py) or module name")
+    parser.add_argument("mixture", help="mixture file (e.g. data_mixtures/phi4_pretrain.py) or "
+                                        "dotted module name (data_mixtures.phi4_pretrain)")
     parser.add_argument("--total_tokens", type=float, help="override the mixture's budget")
     parser.add_argument("--seq_len", type=int, help="plan in rows of this length")
     parser.add_argument("--global_batch", type=int, help="rows per step (with --seq_len)")
@@ -182,12 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_root", help="read unique tokens (and fills) from these stores")
     parser.add_argument("--seed", type=int, default=0, help="layout seed for best-fit fills")
     args = parser.parse_args(argv)
-    mixture = load_mixture(args.mixture)
+    try:
+        mixture = load_mixture(args.mixture)
+    except MixtureError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.total_tokens is not None:
         mixture = mixture.replace(total_tokens=args.total_tokens)
     unique, fills = None, None
     if args.data_root is not None:
-        from phi4_jax.data.layout import measure_sources  # noqa: PLC0415 (opens stores)
+        from phi4_jax.data.row_layout import measure_sources  # noqa: PLC0415 (opens stores)
         unique, fills = measure_sources(mixture.resolve(args.data_root), args.seq_len, args.seed)
     try:
         if args.seq_len is not None and args.global_batch is not None:
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                                num_steps=args.num_steps, unique_tokens=unique, fills=fills)
         else:
             plan = token_plan(mixture, unique_tokens=unique)
-    except PlanError as e:
+    except MixturePlanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(plan.table())

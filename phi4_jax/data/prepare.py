@@ -44,9 +44,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from phi4_jax.data import chat
-from phi4_jax.data.readers import BadInputReport, ReadOptions, detect_format, read_records
-from phi4_jax.data.store import MANIFEST, Manifest, StoreWriter, atomic_write_bytes
+from phi4_jax.data.readers import REASONS, ReadOptions, detect_format, read_records
+from phi4_jax.data.store import MANIFEST, Manifest, StoreWriter
 from phi4_jax.data.tokenizer import TOKENIZER_ID, tokenize_documents
+from phi4_jax.io import BadInputReport, atomic_write_bytes
 
 log = logging.getLogger("phi4_jax.prepare")
 
@@ -127,7 +128,7 @@ def process_shard(shard: ShardSpec, config: PrepareConfig) -> dict:
     if FileSystems.exists(marker):
         return {"shard": shard.shard_id, "skipped": True}
     start = time.perf_counter()
-    report = BadInputReport()
+    report = BadInputReport(REASONS)
     docs: list[np.ndarray] = []
     masks: list[np.ndarray] = []
     pending: list[tuple[str, str, object]] = []
@@ -255,7 +256,7 @@ def merge(config: PrepareConfig, shards: list[ShardSpec], report: BadInputReport
                                                           "mask.npy")))) if chat_format else None)
         if lengths.size:
             writer.append(tokens, lengths, mask)
-        report.merge(BadInputReport.from_json(json.loads(read_bytes(
+        report.merge(BadInputReport.from_json(reasons=REASONS, raw=json.loads(read_bytes(
             _shard_path(config.work_dir, shard.shard_id, "report.json")))))
     atomic_write_bytes(os.path.join(config.output, "report.json"),
                        json.dumps(report.to_json(), indent=1).encode())
@@ -305,7 +306,7 @@ def run(config: PrepareConfig, inputs: Sequence[str], *, files_per_shard: int = 
                if not fs.exists(_shard_path(config.work_dir, s.shard_id, "done"))]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} have no completion marker; re-run to resume")
-    report = BadInputReport()
+    report = BadInputReport(REASONS)
     for path in unsupported:
         report.bad(path, "unsupported_file_type", "file", os.path.splitext(path)[1] or path)
     manifest = merge(config, shards, report, key)

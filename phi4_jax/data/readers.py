@@ -12,7 +12,6 @@ every good record is still yielded: a truncated .gz keeps the lines before the d
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import gzip
 import json
@@ -20,6 +19,8 @@ import os
 import zlib
 from collections.abc import Iterator
 from typing import Any
+
+from phi4_jax.io.bad_input import BadInputReport
 
 REASONS = {
     "malformed_json": "the line is not valid JSON",
@@ -46,82 +47,6 @@ class ReadOptions:
     format: str = "auto"  # auto | jsonl | parquet | text | chat
     text_field: str = "text"  # the JSON key / Parquet column (chat: the messages key)
     max_doc_chars: int = 10_000_000
-
-
-@dataclasses.dataclass
-class FileReport:
-    records_ok: int = 0
-    bad: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    first: dict[str, str] = dataclasses.field(default_factory=dict)  # reason -> where: detail
-
-
-class BadInputReport:
-    """Counts per file and reason; JSON-serializable and mergeable across shards."""
-
-    def __init__(self):
-        self.files: dict[str, FileReport] = {}
-
-    def file(self, path: str) -> FileReport:
-        return self.files.setdefault(path, FileReport())
-
-    def ok(self, path: str, n: int = 1) -> None:
-        self.file(path).records_ok += n
-
-    def bad(self, path: str, reason: str, where: str, detail: str = "") -> None:
-        if reason not in REASONS:
-            raise ValueError(f"unknown reason {reason!r}")
-        entry = self.file(path)
-        entry.bad[reason] += 1
-        entry.first.setdefault(reason, f"{where}: {detail}"[:300] if detail else where)
-
-    def totals(self) -> collections.Counter:
-        total = collections.Counter()
-        for entry in self.files.values():
-            total.update(entry.bad)
-        return total
-
-    @property
-    def records_ok(self) -> int:
-        return sum(f.records_ok for f in self.files.values())
-
-    def merge(self, other: BadInputReport) -> BadInputReport:
-        for path, entry in other.files.items():
-            mine = self.file(path)
-            mine.records_ok += entry.records_ok
-            mine.bad.update(entry.bad)
-            for reason, where in entry.first.items():
-                mine.first.setdefault(reason, where)
-        return self
-
-    def to_json(self) -> dict[str, Any]:
-        return {"records_ok": self.records_ok, "bad_total": sum(self.totals().values()),
-                "bad_by_reason": dict(sorted(self.totals().items())),
-                "files": {p: {"records_ok": f.records_ok, "bad": dict(sorted(f.bad.items())),
-                              "first": dict(sorted(f.first.items()))}
-                          for p, f in sorted(self.files.items())}}
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> BadInputReport:
-        report = cls()
-        for path, f in raw["files"].items():
-            report.files[path] = FileReport(f["records_ok"], collections.Counter(f["bad"]),
-                                            dict(f["first"]))
-        return report
-
-    def format_text(self, max_files: int = 20) -> str:
-        totals = self.totals()
-        lines = [f"bad-input report: {self.records_ok} records kept, {sum(totals.values())} "
-                 f"rejected, {len(self.files)} files"]
-        for reason, count in sorted(totals.items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {reason:<26}{count:>10}  {REASONS[reason]}")
-        damaged = [(p, f) for p, f in sorted(self.files.items()) if f.bad]
-        for path, f in damaged[:max_files]:
-            lines.append(f"  {path}: {f.records_ok} kept; "
-                         + ", ".join(f"{r} {c} (first at {f.first[r]})"
-                                     for r, c in sorted(f.bad.items())))
-        if len(damaged) > max_files:
-            lines.append(f"  ... and {len(damaged) - max_files} more files with bad records")
-        return "\n".join(lines)
 
 
 def detect_format(path: str, forced: str = "auto") -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from phi4_jax.data.tokenizer import TOKENIZER_ID
+from phi4_jax.io.atomic import atomic_write_bytes
 
 FORMAT_VERSION = 1
 MANIFEST, TOKENS, OFFSETS, LOSS_MASK = "manifest.json", "tokens.bin", "offsets.npy", "loss_mask.bin"
@@ -60,16 +62,6 @@ class Manifest:
                              "finished (rerun it: completed shards are kept)") from e
         except (json.JSONDecodeError, TypeError) as e:
             raise StoreError(f"{path}: unreadable manifest ({e})") from e
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Writes `data` to `path` via a temporary file and an atomic rename."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class StoreWriter:
@@ -129,9 +121,9 @@ class StoreWriter:
         if self.with_loss_mask:
             os.replace(os.path.join(self.path, LOSS_MASK + self._suffix),
                        os.path.join(self.path, LOSS_MASK))
-        tmp = os.path.join(self.path, f"offsets{self._suffix}.npy")
-        np.save(tmp, offsets)
-        os.replace(tmp, os.path.join(self.path, OFFSETS))
+        npy = io.BytesIO()
+        np.save(npy, offsets)
+        atomic_write_bytes(os.path.join(self.path, OFFSETS), npy.getvalue())
         manifest = Manifest(source_name=self.source_name, num_documents=int(lengths.size),
                             num_tokens=int(self.num_tokens), tokenizer_id=TOKENIZER_ID,
                             fingerprint=self._hash.hexdigest(),

@@ -1,4 +1,7 @@
-"""Phi-4-family model: config, Flax NNX modules, parameter counting, decoding."""
+"""Phi-4-family model: config, Flax NNX modules, parameter counting.
+
+Platform-free: decoding lives in `phi4_jax.inference`, checkpoint formats in `phi4_jax.convert`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from phi4_jax.model.config import PRESETS, ModelConfig, from_hf_config, preset, to_hf_config
-from phi4_jax.model.transformer import KVCache, Transformer
+from phi4_jax.model.attention import KVCache
+from phi4_jax.model.config import PRESETS, ModelConfig, preset
+from phi4_jax.model.transformer import Transformer
 from phi4_jax.sharding import axes as ax
 
 presets = PRESETS
@@ -55,5 +59,4 @@ def count_params(config: ModelConfig | str) -> int:
 
 
 __all__ = ["KVCache", "ModelConfig", "Transformer", "abstract_model", "count_params",
-           "from_hf_config", "init_model", "merge_for_compute", "preset", "presets",
-           "to_hf_config"]
+           "init_model", "merge_for_compute", "preset", "presets"]

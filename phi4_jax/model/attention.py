@@ -14,14 +14,26 @@ from phi4_jax.model.layers import cast, lowering_platform, matmul, param
 from phi4_jax.model.rope import apply_rope
 from phi4_jax.sharding import axes as ax
 
-_NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
+# The score of a masked-out key: finite (so a fully masked row still has a defined softmax) and
+# far below any real score.
+NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-class LayerCache(NamedTuple):
-    """One layer's KV cache: k and v [B, S, K, H]; slot s holds position s of the row."""
+class KVCache(NamedTuple):
+    """Keys and values of past tokens, k and v [B, S, K, H]: slot s holds position s of a row.
+
+    The model's one cache type. The transformer keeps every layer's in one stacked cache
+    [L, B, S, K, H] (`zeros`); each block's attention sees its own layer's [B, S, K, H] slice.
+    """
 
     k: jax.Array
     v: jax.Array
+
+    @classmethod
+    def zeros(cls, config: ModelConfig, batch: int, max_len: int) -> KVCache:
+        """The stacked cache [L, B, max_len, K, H] of every layer, zeros in the compute dtype."""
+        shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+        return cls(jnp.zeros(shape, config.compute_dtype), jnp.zeros(shape, config.compute_dtype))
 
 
 def resolve_impl(config: ModelConfig) -> str:
@@ -45,7 +57,7 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
     q = q.reshape(b, t, kv_heads, n // kv_heads, h)
     scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
     scores = scores * (h ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+    scores = jnp.where(mask[:, None, None, :, :], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v, preferred_element_type=jnp.float32)
     return out.reshape(b, t, n, h).astype(q.dtype)
@@ -106,8 +118,8 @@ class Attention(nnx.Module):
         self.o = param(rngs, (n, h, d), (ax.HEADS, ax.HEAD_DIM, ax.EMBED), std=std, dtype=pdt)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 cache: LayerCache | None = None, cache_slots: jax.Array | None = None
-                 ) -> tuple[jax.Array, LayerCache | None]:
+                 cache: KVCache | None = None, cache_slots: jax.Array | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
         """x [B,T,D]; positions/segment_ids [B,T].
 
         Without a cache: causal + segment-masked self-attention over the T tokens.
@@ -144,7 +156,7 @@ class Attention(nnx.Module):
             new_cache = None
         else:
             rows = jnp.arange(x.shape[0])[:, None]
-            new_cache = LayerCache(cache.k.at[rows, cache_slots].set(k.astype(cache.k.dtype)),
+            new_cache = KVCache(cache.k.at[rows, cache_slots].set(k.astype(cache.k.dtype)),
                                    cache.v.at[rows, cache_slots].set(v.astype(cache.v.dtype)))
             slots = jnp.broadcast_to(jnp.arange(cache.k.shape[1]), (x.shape[0], cache.k.shape[1]))
             ones_q = jnp.ones_like(cache_slots)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from phi4_jax.model.attention import Attention, LayerCache
+from phi4_jax.model.attention import Attention, KVCache
 from phi4_jax.model.config import ModelConfig
 from phi4_jax.model.layers import RMSNorm
 from phi4_jax.model.mlp import MLP
@@ -44,8 +44,8 @@ class Block(nnx.Module):
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 cache: LayerCache | None = None, cache_slots: jax.Array | None = None
-                 ) -> tuple[jax.Array, LayerCache | None]:
+                 cache: KVCache | None = None, cache_slots: jax.Array | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
         h, cache = self.attn(self.attn_norm(x), positions, segment_ids, cache, cache_slots)
         x = ax.constrain(x + h, _ACT)
         x = ax.constrain(x + self.mlp(self.mlp_norm(x)), _ACT)

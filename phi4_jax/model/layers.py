@@ -1,10 +1,9 @@
-"""Basic layers: parameters with logical axes, RMSNorm (fp32), embedding."""
+"""Basic layers: parameters with logical axes, RMSNorm (fp32), embedding, projections."""
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -63,10 +62,15 @@ class RMSNorm(nnx.Module):
         self.scale = param(rngs, (dim,), (ax.EMBED,), std=None, dtype=param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-        y = x32 * jax.lax.rsqrt(var + self.eps)
-        return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+        return rms_norm(x, self.scale[...], self.eps, self.dtype)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, dtype: jnp.dtype) -> jax.Array:
+    """x / rms(x) * scale over the last axis, computed in float32, returned in `dtype`."""
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(var + eps)
+    return (y * scale.astype(jnp.float32)).astype(dtype)
 
 
 class Embed(nnx.Module):
@@ -88,7 +92,6 @@ class Embed(nnx.Module):
         return ax.constrain(x, (ax.BATCH, ax.SEQ, ax.EMBED), priority=(2, 0, 1))
 
 
-
 def lowering_platform() -> str:
     """The platform being compiled for: the active mesh's devices (e.g. TPU devices in an
     ahead-of-time compile on a CPU host), else the default backend."""
@@ -98,56 +101,68 @@ def lowering_platform() -> str:
     return jax.default_backend()
 
 
-def _contract(x: jax.Array, w: jax.Array, k: int) -> jax.Array:
-    """x [..., K1..Kk] . w [K1..Kk, N...] -> [..., N...]."""
+def dot(x: jax.Array, w: jax.Array, k: int) -> jax.Array:
+    """x [..., K1..Kk] . w [K1..Kk, N...] -> [..., N...] as one dot_general."""
     dims = ((tuple(range(x.ndim - k, x.ndim)), tuple(range(k))), ((), ()))
     return jax.lax.dot_general(x, w, dims)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _matmul_cpu(x: jax.Array, w: jax.Array, k: int) -> jax.Array:
-    return _contract(x, w, k)
+class Projection(Protocol):
+    """How the model's projections are computed and differentiated (see `register_projection`).
+
+    matmul(x, w, k): `dot(x, w, k)`'s value, differentiable (it may carry its own VJP).
+    vocab_grads(h, w, g): (dh, dw) of h [B, T, D] @ w [D, V] for a cotangent g [B, T, V]
+        already in h's dtype (the backward pass of `project_to_vocab`).
+    """
+
+    def matmul(self, x: jax.Array, w: jax.Array, k: int) -> jax.Array: ...
+
+    def vocab_grads(self, h: jax.Array, w: jax.Array, g: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]: ...
 
 
-def _matmul_cpu_fwd(x, w, k):
-    return _contract(x, w, k), (x, w)
+class AutodiffProjection:
+    """The default: one dot_general, differentiated by JAX's autodiff."""
+
+    def matmul(self, x: jax.Array, w: jax.Array, k: int) -> jax.Array:
+        return dot(x, w, k)
+
+    def vocab_grads(self, h: jax.Array, w: jax.Array, g: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]:
+        _, vjp = jax.vjp(lambda h, w: jnp.einsum("BTD,DV->BTV", h, w), h, w)
+        return vjp(g)
 
 
-def _matmul_cpu_bwd(k, residuals, dy):
-    x, w = residuals
-    return _matmul_grads(x, w, dy, k)
+AUTODIFF = AutodiffProjection()
+_PROJECTIONS: dict[str, Projection] = {}
 
 
-def _matmul_grads(x: jax.Array, w: jax.Array, dy: jax.Array, k: int):
-    """(dx, dw) of x . w, with the weight gradient as one plain [K, M] @ [M, N] matmul over an
-    explicitly transposed activation (see `matmul`)."""
-    n_out = w.ndim - k
-    dims = ((tuple(range(dy.ndim - n_out, dy.ndim)), tuple(range(k, w.ndim))), ((), ()))
-    dx = jax.lax.dot_general(dy, w, dims).astype(x.dtype)
-    rows = math.prod(w.shape[:k])
-    x_t = jax.lax.optimization_barrier(x.reshape(-1, rows).T)
-    dw = (x_t @ dy.reshape(-1, math.prod(w.shape[k:])).astype(x.dtype)).reshape(w.shape)
-    return dx, dw.astype(w.dtype)
+def register_projection(platform: str, impl: Projection | None) -> None:
+    """Makes `impl` compute every projection traced for `platform` (None: back to autodiff).
+
+    The model itself knows no platform-specific projection; a module outside it registers one
+    (phi4_jax.train.cpu_projection registers a hand-written CPU backward when imported). The
+    choice is made at trace time from `lowering_platform()`, i.e. the active partitioner's
+    devices, so an ahead-of-time TPU compile on a CPU host keeps autodiff.
+    """
+    if impl is None:
+        _PROJECTIONS.pop(platform, None)
+    else:
+        _PROJECTIONS[platform] = impl
 
 
-_matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
+def projection() -> Projection:
+    """The projection implementation for the platform being lowered for."""
+    return _PROJECTIONS.get(lowering_platform(), AUTODIFF)
 
 
 def matmul(x: jax.Array, w: jax.Array, contract: int = 1) -> jax.Array:
     """A projection: x [..., K1..Kk] . w [K1..Kk, N...] -> [..., N...] (k = `contract`).
 
-    Same values everywhere; on CPU the backward pass is written by hand. XLA:CPU lowers the
-    weight gradient x^T dy of an autodiff'd einsum by transposing the *activation gradient*
-    ([tokens, 2560] for an MLP, [tokens, vocab] for the LM head) and fuses that transpose into
-    the elementwise backward that produces it, which then writes with a stride of a full row:
-    ~20% of a CPU train step (docs/training.md). Here the smaller activation is transposed
-    instead, by itself (the optimization barrier keeps XLA from folding it back into the dot),
-    and the gradient is one canonical matmul. TPU and GPU programs keep autodiff's einsum, whose
-    layouts their compilers choose well.
+    The same values everywhere; how it is differentiated is the registered `projection()`'s
+    choice (default: autodiff of one dot_general).
     """
-    if lowering_platform() == "cpu":
-        return _matmul_cpu(x, w, contract)
-    return _contract(x, w, contract)
+    return projection().matmul(x, w, contract)
 
 
 VOCAB_WEIGHT_AXES: ax.LogicalAxes = (ax.EMBED, ax.VOCAB)
@@ -160,8 +175,9 @@ def project_to_vocab(h: jax.Array, w: jax.Array) -> jax.Array:
     The backward pass casts the logits' cotangent to the compute dtype first, so the weight
     gradient is a compute-dtype [D, V] matrix (accumulated in float32 inside the matmul) rather
     than a float32 one: for Phi-4 that is 1 GB instead of 2 GB per device before FSDP's
-    reduce-scatter. In float32 compute the two are identical. The weight gradient is constrained
-    to the weight's logical axes (embed, vocab), so a sharded weight gets a reduce-scatter.
+    reduce-scatter. In float32 compute the two are identical. The gradients themselves come from
+    the registered `projection()`. The weight gradient is constrained to the weight's logical
+    axes (embed, vocab), so a sharded weight gets a reduce-scatter.
     """
     return jnp.einsum("BTD,DV->BTV", h, w, preferred_element_type=jnp.float32)
 
@@ -172,12 +188,7 @@ def _project_fwd(h, w):
 
 def _project_bwd(residuals, g):
     h, w = residuals
-    g = g.astype(h.dtype)
-    if lowering_platform() == "cpu":  # the hand-written weight gradient of `matmul`
-        dh, dw = _matmul_grads(h, w, g, 1)
-    else:
-        _, vjp = jax.vjp(lambda h, w: jnp.einsum("BTD,DV->BTV", h, w), h, w)
-        dh, dw = vjp(g)
+    dh, dw = projection().vocab_grads(h, w, g.astype(h.dtype))
     return dh, ax.constrain(dw, VOCAB_WEIGHT_AXES)
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from phi4_jax.model.attention import LayerCache
+from phi4_jax.model.attention import KVCache
 from phi4_jax.model.block import Block, remat_policy
 from phi4_jax.model.config import ModelConfig
 from phi4_jax.model.layers import (
@@ -20,18 +18,6 @@ from phi4_jax.model.layers import (
     project_to_vocab,
 )
 from phi4_jax.sharding import axes as ax
-
-
-class KVCache(NamedTuple):
-    """Every layer's keys and values, [L, B, S, K, H], in the compute dtype."""
-
-    k: jax.Array
-    v: jax.Array
-
-    @classmethod
-    def zeros(cls, config: ModelConfig, batch: int, max_len: int) -> KVCache:
-        shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-        return cls(jnp.zeros(shape, config.compute_dtype), jnp.zeros(shape, config.compute_dtype))
 
 
 def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
@@ -100,16 +86,24 @@ class Transformer(nnx.Module):
             w = cast(self.lm_head, self.config.compute_dtype)
         return ax.constrain(w, VOCAB_WEIGHT_AXES)
 
-    # -- cached forward (decoding) ------------------------------------------------------------
+    # -- cached forward (prompt pass, then one step per new token) ----------------------------
     def forward_cached(self, tokens: jax.Array, cache: KVCache, slots: jax.Array
                        ) -> tuple[jax.Array, KVCache]:
         """Runs T new tokens per row written at cache `slots` [B, T] (slot == position).
 
-        Returns float32 logits [B, T, V] and the updated cache.
+        `cache` is the stacked [L, B, S, K, H] cache (`KVCache.zeros`); each query attends to
+        every slot at or before its own. Returns float32 logits [B, T, V] and the updated cache.
         """
+        h, cache = self.hidden_cached(tokens, cache, slots)
+        return self.logits(h), cache
+
+    def hidden_cached(self, tokens: jax.Array, cache: KVCache, slots: jax.Array
+                      ) -> tuple[jax.Array, KVCache]:
+        """`forward_cached` stopping at the final norm: hidden states [B, T, D] and the cache
+        (a prompt pass needs logits at one position per row only)."""
         x = self.embed(jnp.asarray(tokens, jnp.int32))
         x, cache = self._run_blocks(x, slots, jnp.ones_like(slots), cache, slots)
-        return self.logits(self.final_norm(x)), cache
+        return self.final_norm(x), cache
 
     # -- the layer stack ----------------------------------------------------------------------
     def _run_blocks(self, x, positions, segment_ids, cache: KVCache | None, slots):
@@ -146,10 +140,10 @@ class _LayerView:
     def __init__(self, cache: KVCache, layer):
         self.cache, self.layer = cache, layer
 
-    def read(self) -> LayerCache:
-        return LayerCache(self.cache.k[self.layer], self.cache.v[self.layer])
+    def read(self) -> KVCache:
+        return KVCache(self.cache.k[self.layer], self.cache.v[self.layer])
 
-    def write(self, new: LayerCache, slots: jax.Array) -> KVCache:
+    def write(self, new: KVCache, slots: jax.Array) -> KVCache:
         rows = jnp.arange(slots.shape[0])[:, None]
         take = lambda a: a[rows, slots]  # [B, T, K, H]: just the entries written this call
         return KVCache(self.cache.k.at[self.layer, rows, slots].set(take(new.k)),

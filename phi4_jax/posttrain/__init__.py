@@ -1,13 +1,34 @@
 """Post-training data: Pivotal Token Search, judge-guided pairs, refusal data (docs/posttrain.md).
 
-Every output is JSONL in the schemas of `phi4_jax.posttrain.pairs` (DPO pairs in token ids end to
-end, pivotal tokens, SFT conversations); the DPO trainer reads pairs with `read_pairs`.
-The model is reached only through `phi4_jax.posttrain.sampler.Sampler` (`ModelSampler` wraps
-`phi4_jax.model.decode.generate`).
+Each workflow is a subpackage of the same shape -- what it builds, how it talks to models, its
+command line (`python -m phi4_jax.posttrain.<workflow>`):
+
+  pts       search.py, oracles.py, cli.py       single-token pairs at pivotal tokens
+  judge     pairs.py, judgement.py + backends.py, cli.py   whole-reply pairs ranked by a judge
+  refusal   data.py, teachers.py, cli.py        answer-or-refuse SFT examples and 5-token pairs
+
+Shared: `records` (the JSONL schemas: pairs and pivots in token ids end to end, SFT
+conversations from `phi4_jax.data.sft`; the DPO trainer reads pairs with `read_pairs`),
+`sampler` (the in-process model: `Sampler`, `ModelSampler` over
+`phi4_jax.inference.decode.generate`), `remote` (OpenAI-compatible servers, Phi-4 token ids of
+their text) and `demo` (counting-task smoke data). `pts_cli` and `sft_data` keep their old
+command lines working.
 """
 
-from phi4_jax.posttrain.oracles import ChoiceOracle, CodeOracle, MathOracle, Question, oracle_for
-from phi4_jax.posttrain.pairs import (
+from phi4_jax.posttrain.pts.oracles import (
+    ChoiceOracle,
+    CodeOracle,
+    MathOracle,
+    Question,
+    oracle_for,
+)
+from phi4_jax.posttrain.pts.search import (
+    Problem,
+    PTSConfig,
+    false_pivot_probability,
+    search_batch,
+)
+from phi4_jax.posttrain.records import (
     JsonlWriter,
     Pair,
     Pivot,
@@ -17,7 +38,6 @@ from phi4_jax.posttrain.pairs import (
     read_pairs,
     read_records,
 )
-from phi4_jax.posttrain.pts import Problem, PTSConfig, false_pivot_probability, search_batch
 from phi4_jax.posttrain.sampler import ModelSampler, Rollout, Sampler
 
 __all__ = [

@@ -1,9 +1,10 @@
-"""The one adapter between post-training data tools and the model: `Sampler` and `ModelSampler`.
+"""The in-process adapter between post-training data tools and the model: `Sampler`, `ModelSampler`.
 
-PTS, refusal data and the in-process judge only see the `Sampler` protocol, so the algorithms
-are testable with scripted samplers. `ModelSampler` implements it over
-`phi4_jax.model.decode.generate` (KV cache, batched across prefixes, compiled per shape bucket)
-and a tokenizer with `encode` / `decode` / `render_chat` (e.g. `GGUFTokenizer`).
+PTS, in-process refusal estimates and the in-process judge only see the `Sampler` protocol, so
+the algorithms are testable with scripted samplers (models behind a server: `remote.py`).
+`ModelSampler` implements it over `phi4_jax.inference.decode.generate` (KV cache, batched
+across prefixes, compiled per shape bucket) and a tokenizer with `encode` / `decode` /
+`render_chat` (e.g. `GGUFTokenizer`).
 
 Determinism: rollout j of prefix P is drawn with row id hash(P, j) under the sampler's seed,
 so the same prefix gets the same rollouts whatever else shares its batch (decode.py's
@@ -70,7 +71,7 @@ class ModelSampler:
     def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 64,
                  sampling: Any = None, stop_tokens: Sequence[int] | None = None,
                  batch_rows: int = 64, seed: int = 0, tokenizer_name: str | None = None):
-        from phi4_jax.model.sampling import SamplingConfig
+        from phi4_jax.inference.sampling import SamplingConfig
 
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.batch_rows, self.seed = max_new_tokens, batch_rows, seed
@@ -84,7 +85,7 @@ class ModelSampler:
         import jax
         import numpy as np
 
-        from phi4_jax.model.decode import generate
+        from phi4_jax.inference.decode import generate
 
         rows = [(i, list(p), row_id(p, j)) for i, p in enumerate(prefixes) for j in range(n)]
         out: list[list[Rollout]] = [[] for _ in prefixes]

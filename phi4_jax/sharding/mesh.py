@@ -91,5 +91,6 @@ def make_mesh(ici: Mapping[str, int], dcn: Mapping[str, int] | None = None,
 
 
 def from_config(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the mesh from an experiment's `mesh` section (fields `ici` and `dcn`)."""
+    """Builds the mesh from a run's typed `mesh` section (`phi4_jax.train.config.MeshConfig`,
+    or any object with its `ici` and `dcn` size tables)."""
     return make_mesh(dict(mesh_config.ici), dict(mesh_config.dcn), devices)

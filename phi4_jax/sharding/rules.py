@@ -157,8 +157,9 @@ class Rules:
 
 
 def from_config(mesh_config: Any, mesh: Mesh) -> Rules:
-    """Rules from an experiment's `mesh` section (fields `rules` and `rule_overrides`)."""
-    overrides = dict(mesh_config.get("rule_overrides", None) or {})
+    """Rules from a run's typed `mesh` section (`phi4_jax.train.config.MeshConfig`, or any
+    object with its `rules` table name and `rule_overrides` mapping)."""
+    overrides = dict(mesh_config.rule_overrides or {})
     return Rules(mesh, build_table(mesh_config.rules, overrides), name=mesh_config.rules)
 
 

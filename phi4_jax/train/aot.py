@@ -20,6 +20,7 @@ import jax
 
 from phi4_jax.sharding import topology as topo_lib
 from phi4_jax.train import flops
+from phi4_jax.train.config import RunConfig
 
 GIB = 2**30
 
@@ -82,7 +83,8 @@ class DryRunReport:
 
 
 def compile_step(config: Any, devices: list) -> tuple[Any, Any, float]:
-    """(program, compiled step, compile seconds) for `config` over `devices`."""
+    """(program, compiled step, compile seconds) for `config` (a RunConfig or an experiment
+    ConfigDict) over `devices`."""
     from phi4_jax.train import loop  # the loop module builds programs; imported lazily
 
     prog = loop.build(config, devices)
@@ -95,25 +97,27 @@ def compile_step(config: Any, devices: list) -> tuple[Any, Any, float]:
 
 
 def dry_run(config: Any, tpu: str, num_slices: int = 1) -> DryRunReport:
-    """Compiles `config`'s train step for `num_slices` slices of `tpu` and reports per chip."""
+    """Compiles `config`'s train step (a RunConfig or an experiment ConfigDict) for
+    `num_slices` slices of `tpu` and reports per chip."""
     from phi4_jax.train import loop
 
+    run_config = RunConfig.of(config)
     topo = topo_lib.describe(tpu, num_slices)
     devices = topo_lib.devices(tpu, num_slices)
-    prog, compiled, seconds = compile_step(config, devices)
+    prog, compiled, seconds = compile_step(run_config, devices)
     memory = compiled.memory_analysis()
     mesh = dict(prog.mesh.shape)
     batch_ways = prog.rules.shards(("batch",))[0]
-    global_batch = int(config.train.global_batch)
-    micro = loop.micro_batches(config.train, prog.rules)
+    global_batch = run_config.train.global_batch
+    micro = loop.micro_batches(run_config.train, prog.rules)
     rows = global_batch // micro // batch_ways
-    seq_len = int(config.data.seq_len)
+    seq_len = run_config.data.seq_len
     tokens = global_batch * seq_len
     return DryRunReport(
         tpu=tpu if num_slices == 1 else f"{num_slices} x {tpu}", chips=topo.chips * num_slices,
         topology=topo.topology_name, mesh=mesh, rules=prog.rules.name,
         global_batch=global_batch, micro_batches=micro, rows_per_device=rows, seq_len=seq_len,
-        params=sum(x.size for x in jax.tree.leaves(prog.abstract_state.params)),
+        params=prog.param_count,
         argument_bytes=memory.argument_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
         output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
         hbm_bytes=topo.hbm_bytes,

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import jax
@@ -34,6 +35,10 @@ from phi4_jax.train.state import TrainState
 log = logging.getLogger(__name__)
 
 
+class HostCountError(RuntimeError):
+    """A checkpoint's per-host data states need the process count they were saved with."""
+
+
 class DataStateHandler(ocp.CheckpointHandler):
     """Each host writes its own iterator state (JSON) as process_I-of-N.json."""
 
@@ -42,11 +47,33 @@ class DataStateHandler(ocp.CheckpointHandler):
         (epath.Path(directory) / name).write_text(json.dumps(args.state))
 
     def restore(self, directory: epath.Path, args: DataStateRestore | None = None) -> Any:
-        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        path = epath.Path(directory) / name
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing (saved with another host count?)")
-        return json.loads(path.read_text())
+        """This process's saved state; from a run with another process count, the state every
+        process saved, when they all saved the same one (the data pipeline's state is a global
+        step, host-count independent); else HostCountError says which count to resume with."""
+        directory = epath.Path(directory)
+        path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        saved = {}
+        for p in directory.glob("process_*-of-*.json"):
+            found = re.fullmatch(r"process_(\d+)-of-(\d+)\.json", p.name)
+            if found:
+                saved[int(found[1]), int(found[2])] = p
+        counts = {n for _, n in saved}
+        if len(counts) != 1 or set(saved) != {(i, n) for n in counts for i in range(n)}:
+            raise FileNotFoundError(f"{path} is missing and {directory} holds no complete data "
+                                    f"state from another process count ({sorted(saved)})")
+        (count,) = counts
+        states = [json.loads(saved[i, count].read_text()) for i in range(count)]
+        if any(state != states[0] for state in states[1:]):
+            raise HostCountError(
+                f"resume with exactly {count} processes: this checkpoint's data iterator state "
+                f"was saved by {count} processes and differs between them, so this run's "
+                f"{jax.process_count()} processes cannot restore it ({directory}); or start "
+                "a new workdir with train.init_from pointing here")
+        log.info("data state of %s: saved by %d processes, restored on %d (the same state on "
+                 "every host)", directory, count, jax.process_count())
+        return states[0]
 
     def metadata(self, directory: epath.Path) -> None:
         return None
@@ -122,6 +149,8 @@ class Checkpointer:
             try:
                 out = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target), data=DataStateRestore()))
+            except HostCountError:
+                raise  # the step is fine: the process count is not (never set it aside)
             except Exception as err:  # noqa: BLE001 - any failure means "not restorable"
                 log.warning("checkpoint %s could not be restored (%s: %s); trying the previous "
                             "one", os.path.join(self.directory, str(step)), type(err).__name__,

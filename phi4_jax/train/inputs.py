@@ -1,9 +1,10 @@
-"""Per-host batch iterators for the loop: the data engine's pipeline, or a synthetic stream.
+"""Next-token batch iterators: the data engine's pipeline, or a synthetic stream.
 
-The loop's contract (the data engine's): an iterator of numpy dicts with `tokens`, `targets`,
-`positions`, `segment_ids` (int32 [B, T], 0 = padding) and `loss_mask` (float32 [B, T]), where B
-is this host's share of the global batch, plus `get_state()` / `set_state()` with a JSON-able
-state (a Grain DatasetIterator qualifies) saved in every checkpoint.
+The next-token objective's input contract (the data engine's; `NextToken.inputs` calls
+`build_iterator`): an iterator of numpy dicts with `tokens`, `targets`, `positions`,
+`segment_ids` (int32 [B, T], 0 = padding) and `loss_mask` (float32 [B, T]), where B is this
+host's share of the global batch, plus `get_state()` / `set_state()` with a JSON-able state (a
+Grain DatasetIterator qualifies) saved in every checkpoint.
 
 `SyntheticIterator` implements the same contract without any files: packed documents of an
 arithmetic-progression language (each document counts up by a stride of 1-3 modulo the vocab),
@@ -13,11 +14,15 @@ so a model can learn it from context and the loss clearly falls. Batch i depends
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from phi4_jax.train.config import DataConfig
+
 BATCH_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
+SOURCES = ("synthetic", "mixture")  # the data.source values of next-token objectives
 
 
 class SyntheticIterator:
@@ -71,9 +76,9 @@ class SyntheticIterator:
         self.index = int(state["index"])
 
 
-def build_iterator(data: Any, *, global_batch: int, steps: int, vocab_size: int, host: int,
-                   host_count: int) -> Any:
-    """This host's iterator for an experiment's `data` section.
+def build_iterator(data: DataConfig, *, global_batch: int, steps: int, vocab_size: int,
+                   host: int, host_count: int) -> Any:
+    """This host's next-token iterator for a run's `data` section.
 
     data.source: 'synthetic' (SyntheticIterator) or 'mixture': the data engine's pipeline
     (`phi4_jax.data.pipeline.build_from_config`) over `data.mixture` ('embedded', a
@@ -93,17 +98,4 @@ def build_iterator(data: Any, *, global_batch: int, steps: int, vocab_size: int,
                              "produces")
         return pipeline.build_from_config(data, global_batch_size=global_batch, num_steps=steps,
                                           process_index=host, process_count=host_count)
-    raise ValueError(f"data.source={data.source!r}; choose 'synthetic' or 'mixture'")
-
-
-def for_run(config: Any, program: Any, workdir: str, *, host: int, host_count: int) -> Any:
-    """The loop's iterator for an experiment: `build_iterator` over `config.data`, or, for
-    data.source='pairs', DPO pair batches (`phi4_jax.posttrain.pair_data.for_run`, which also
-    computes or loads the reference log-prob cache with the program's model)."""
-    if config.data.source == "pairs":
-        from phi4_jax.posttrain import pair_data
-
-        return pair_data.for_run(config, program, workdir, host=host, host_count=host_count)
-    return build_iterator(config.data, global_batch=config.train.global_batch,
-                          steps=config.train.steps, vocab_size=program.model_config.vocab_size,
-                          host=host, host_count=host_count)
+    raise ValueError(f"data.source={data.source!r}; choose one of {list(SOURCES)}")

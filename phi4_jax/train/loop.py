@@ -1,10 +1,15 @@
 """The training loop: the one module with side effects (devices, files, signals, clocks).
 
-`run(config, workdir)` builds everything from an experiment config (failing on a bad field
-before anything compiles), then trains:
+`run(config, workdir)` converts an experiment config once into its typed form
+(`phi4_jax.train.config.RunConfig`: an unknown key or a wrong type fails here, naming the
+field), builds everything from it (failing on a bad value before anything compiles), then
+trains:
 
     resume order   WORKDIR/checkpoints (own run; newest good step) -> train.init_from (another
-                   phase's parameters, fresh optimizer) -> scratch (train.seed)
+                   phase's parameters, fresh optimizer) -> scratch (train.seed); on a fresh
+                   start the objective may fill its frozen state (`Objective.load_frozen`)
+    finished run   a checkpoint at train.steps: nothing compiles or trains; the run's last
+                   logged metrics (WORKDIR/metrics.jsonl) are printed and returned
     each step      put this host's batch on the mesh, run the compiled step, then fetch the
                    PREVIOUS step's metrics (the host never waits on the step in flight)
     checkpoints    every train.checkpoint_every steps and at the end, asynchronously, with the
@@ -28,12 +33,11 @@ import jax
 import jax.experimental.multihost_utils as multihost
 import numpy as np
 
-from phi4_jax.model import ModelConfig
-from phi4_jax.model.config import from_experiment
 from phi4_jax.sharding import mesh as mesh_lib
 from phi4_jax.sharding import rules as rules_lib
 from phi4_jax.train import checkpoint as ckpt_lib
-from phi4_jax.train import flops, inputs, objectives, optimizer, program
+from phi4_jax.train import flops, objectives, optimizer, program
+from phi4_jax.train.config import RunConfig, TrainConfig
 from phi4_jax.train.metrics import MetricLogger
 
 log = logging.getLogger(__name__)
@@ -48,12 +52,7 @@ class RunResult:
     step: int  # the step the run stopped at (state after `step` updates)
     start: str  # 'checkpoint', 'init_from' or 'scratch'
     preempted: bool
-    metrics: dict[str, float]  # the last step's scalars
-
-
-def model_config(section: Any) -> ModelConfig:
-    """The model preset with every non-None field of the `model` section applied."""
-    return from_experiment(section)
+    metrics: dict[str, float]  # the last step's scalars (a finished run: the last logged)
 
 
 def _preemption_service() -> bool:
@@ -112,9 +111,9 @@ class _Preemption:
         return self.requested
 
 
-def _peak_flops(config: Any, devices: Sequence[jax.Device]) -> float | None:
-    if config.train.get("peak_flops") is not None:
-        return float(config.train.peak_flops)
+def _peak_flops(train: TrainConfig, devices: Sequence[jax.Device]) -> float | None:
+    if train.peak_flops is not None:
+        return train.peak_flops
     per_chip = flops.device_peak_flops(devices[0])
     if per_chip is not None:
         return per_chip * len(devices)
@@ -124,23 +123,26 @@ def _peak_flops(config: Any, devices: Sequence[jax.Device]) -> float | None:
 
 
 def build(config: Any, devices: Sequence[jax.Device] | None = None) -> program.Program:
-    """Everything that can be checked is checked here, before compilation."""
-    mesh = mesh_lib.from_config(config.mesh, devices)
-    rules = rules_lib.from_config(config.mesh, mesh)
-    tx, _ = optimizer.from_config(config.optimizer, config.train.clip_norm, config.train.steps)
-    return program.build(model_config(config.model), rules, objectives.from_config(config), tx,
-                         seed=config.train.seed, global_batch=config.train.global_batch,
-                         seq_len=config.data.seq_len,
-                         micro_batches=micro_batches(config.train, rules))
+    """The run's Program (`config`: a RunConfig or an experiment ConfigDict). Everything that
+    can be checked is checked here, before compilation."""
+    run_config = RunConfig.of(config)
+    train = run_config.train
+    mesh = mesh_lib.from_config(run_config.mesh, devices)
+    rules = rules_lib.from_config(run_config.mesh, mesh)
+    tx, _ = optimizer.from_config(run_config.optimizer, train.clip_norm, train.steps)
+    return program.build(run_config.model, rules, objectives.from_config(run_config), tx,
+                         seed=train.seed, global_batch=train.global_batch,
+                         seq_len=run_config.data.seq_len,
+                         micro_batches=micro_batches(train, rules))
 
 
-def micro_batches(train: Any, rules: rules_lib.Rules) -> int:
+def micro_batches(train: TrainConfig, rules: rules_lib.Rules) -> int:
     """train.micro_batches, or the count train.per_device_batch implies on this mesh."""
-    per_device = train.get("per_device_batch")
+    per_device = train.per_device_batch
     if per_device is None:
-        return int(train.micro_batches)
+        return train.micro_batches
     ways = rules.shards(("batch",))[0]
-    rows = ways * int(per_device)
+    rows = ways * per_device
     if per_device <= 0 or train.global_batch % rows:
         raise ValueError(
             f"train.per_device_batch={per_device} x {ways} batch-sharded devices = {rows} rows "
@@ -153,48 +155,58 @@ def micro_batches(train: Any, rules: rules_lib.Rules) -> int:
     return implied
 
 
-def _check_train_fields(train: Any) -> None:
-    for name in ("steps", "checkpoint_every", "keep", "log_every", "max_nonfinite_in_row"):
-        if int(train[name]) <= 0:
-            raise ValueError(f"train.{name}={train[name]} must be positive")
-
-
 def run(config: Any, workdir: str, *, devices: Sequence[jax.Device] | None = None) -> RunResult:
-    """Trains `config` in `workdir` (resuming whatever is there) up to train.steps."""
-    train = config.train
-    _check_train_fields(train)
-    prog = build(config, devices)
+    """Trains `config` (a RunConfig or an experiment ConfigDict) in `workdir`, resuming
+    whatever is there, up to train.steps."""
+    run_config = RunConfig.of(config)
+    train = run_config.train
+    prog = build(run_config, devices)
     primary = jax.process_index() == 0
     if primary:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+            json.dump(run_config.experiment, f, indent=2, sort_keys=True)
 
-    data = inputs.for_run(config, prog, workdir, host=jax.process_index(),
-                          host_count=jax.process_count())
     checkpoints = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep,
                                         async_save=train.async_checkpoint)
-    state, start = _initial_state(prog, checkpoints, data, train)
+    try:
+        restored = checkpoints.restore(prog.abstract_state, prog.state_shardings)
+        if restored is not None and restored[2] >= train.steps:
+            checkpoints.close()
+            return _finished(run_config, workdir, restored[2], primary)
+        data = prog.objective.inputs(run_config, prog, workdir, host=jax.process_index(),
+                                     host_count=jax.process_count())
+        if restored is not None:
+            state, data_state, _ = restored
+            ckpt_lib.set_json_state(data, data_state)
+            start = "checkpoint"
+        else:
+            state, start = _fresh_state(prog, train)
+    except BaseException:
+        checkpoints.close()
+        raise
     step = int(state.step)
 
     t0 = time.perf_counter()
     step_fn = prog.step.lower(*prog.abstract_inputs()).compile()
     compile_s = time.perf_counter() - t0
     devices_used = list(prog.mesh.devices.flat)
-    tokens_per_step = train.global_batch * config.data.seq_len
+    seq_len = run_config.data.seq_len
+    tokens_per_step = train.global_batch * seq_len
+    log_config = run_config.log
     logger = MetricLogger(
         workdir, total_steps=train.steps, tokens_per_step=tokens_per_step,
-        flops_per_step=flops.flops_per_token(prog.model_config, config.data.seq_len)
-        * tokens_per_step, peak_flops=_peak_flops(config, devices_used),
-        log_every=train.log_every, tensorboard=config.log.tensorboard,
-        wandb_project=config.log.wandb_project if config.log.wandb else None,
-        config=config.to_dict(), writer=primary)
-    logger.event(f"{config.name}: {program.param_count(prog) / 1e6:.1f}M parameters on "
+        flops_per_step=flops.flops_per_token(prog.model_config, seq_len) * tokens_per_step,
+        peak_flops=_peak_flops(train, devices_used), log_every=train.log_every,
+        tensorboard=log_config.tensorboard,
+        wandb_project=log_config.wandb_project if log_config.wandb else None,
+        config=run_config.experiment, writer=primary)
+    logger.event(f"{run_config.name}: {prog.param_count / 1e6:.1f}M parameters on "
                  f"{len(devices_used)} device(s) mesh {dict(prog.mesh.shape)}, rules "
                  f"{prog.rules.name!r}; start from {start} at step {step}; compiled the step "
                  f"in {compile_s:.1f}s")
 
-    meta = {"config": json.loads(config.to_json_best_effort())}
+    meta = {"config": run_config.experiment}
     last: dict[str, float] = {}
     preempted = False
     pending = None  # (step number, device metrics) not yet fetched
@@ -222,30 +234,55 @@ def run(config: Any, workdir: str, *, devices: Sequence[jax.Device] | None = Non
     return RunResult(step=step, start=start, preempted=preempted, metrics=last)
 
 
-def _initial_state(prog: program.Program, checkpoints: ckpt_lib.Checkpointer, data: Any,
-                   train: Any) -> tuple[Any, str]:
-    restored = checkpoints.restore(prog.abstract_state, prog.state_shardings)
-    if restored is not None:
-        state, data_state, _ = restored
-        ckpt_lib.set_json_state(data, data_state)
-        return state, "checkpoint"
-    if train.get("init_from"):
+def _fresh_state(prog: program.Program, train: TrainConfig) -> tuple[Any, str]:
+    """train.init_from's parameters (fresh optimizer) or the seed's init; then the objective
+    fills its frozen state."""
+    if train.init_from:
         params = ckpt_lib.restore_params(train.init_from, prog.abstract_state.params,
                                          prog.state_shardings.params)
         state, start = prog.from_params(params), "init_from"
     else:
         state, start = prog.init(), "scratch"
-    return _with_reference(prog, state, train), start
+    return prog.objective.load_frozen(prog, state), start
 
 
-def _with_reference(prog: program.Program, state: Any, train: Any) -> Any:
-    """train.reference_from fills the objective's frozen 'reference' tree (DPO) from another
-    run's parameters; without it the reference is the start parameters."""
-    if not train.get("reference_from") or "reference" not in state.frozen:
-        return state
-    params = ckpt_lib.restore_params(train.reference_from, prog.abstract_state.params,
-                                     prog.state_shardings.params)
-    return state._replace(frozen={**state.frozen, "reference": params})
+def _finished(run_config: RunConfig, workdir: str, step: int, primary: bool) -> RunResult:
+    """A run whose checkpoint is at (or past) train.steps: report it, train nothing."""
+    step_logged, last = last_logged(workdir, upto=step)
+    if primary:
+        if last:
+            shown = " | ".join(f"{label} {last[k]:{spec}}" for k, label, spec in (
+                ("loss", "loss", ".4f"), ("learning_rate", "lr", ".2e"),
+                ("grad_norm", "gnorm", ".3f"),
+                *((k, k, ".4f") for k in sorted(last) if k.startswith("rewards/")))
+                if k in last)
+            summary = f"last logged metrics (step {step_logged}): {shown}"
+        else:
+            summary = f"no metrics in {os.path.join(workdir, 'metrics.jsonl')}"
+        print(f"{run_config.name}: run complete at step {step}/{run_config.train.steps} in "
+              f"{workdir}; nothing to train; {summary}", flush=True)
+    return RunResult(step=step, start="checkpoint", preempted=False, metrics=last)
+
+
+def last_logged(workdir: str, upto: int | None = None) -> tuple[int | None, dict[str, float]]:
+    """(step, scalars) of the newest step (at most `upto`) in WORKDIR/metrics.jsonl, its last
+    record (a resumed run appends the steps it redoes again), or (None, {})."""
+    best: tuple[int | None, dict[str, float]] = (None, {})
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a torn last line of a killed run
+                    continue
+                step = record.pop("step", None)
+                if not isinstance(step, int) or (upto is not None and step > upto):
+                    continue
+                if best[0] is None or step >= best[0]:
+                    best = (step, record)
+    except OSError:
+        pass
+    return best
 
 
 def _report(logger: MetricLogger, step: int, metrics: Any, max_in_row: int) -> dict[str, float]:

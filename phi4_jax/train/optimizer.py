@@ -19,6 +19,7 @@ the LM head are decayed.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -74,13 +75,29 @@ def applied_learning_rate(opt_state: Any) -> jax.Array:
     raise ValueError("the optimizer state records no learning rate (use inject_hyperparams)")
 
 
-def from_config(opt: Any, clip_norm: float | None, total_steps: int
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The experiment's `optimizer` section (defaults: experiments/base.py)."""
+
+    name: str  # 'adamw', the only one
+    peak_lr: float  # the schedule's peak
+    warmup_steps: int  # W: linear warm-up from 0
+    decay_steps: int | None  # E: the decay's end; None: the run's train.steps
+    min_lr_ratio: float  # floor = peak * min_lr_ratio
+    b1: float  # Adam moments
+    b2: float
+    eps: float
+    weight_decay: float  # decoupled, constant
+    decay_exclude: tuple[str, ...]  # regexes on parameter paths that get no decay
+
+
+def from_config(opt: OptimizerConfig, clip_norm: float | None, total_steps: int
                 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer and its schedule from an experiment's `optimizer` section."""
+    """The optimizer and its schedule from a run's `optimizer` section."""
     if opt.name != "adamw":
         raise ValueError(f"optimizer.name={opt.name!r}; only 'adamw' is implemented")
-    decay_end = opt.decay_steps if opt.get("decay_steps") is not None else total_steps
+    decay_end = opt.decay_steps if opt.decay_steps is not None else total_steps
     lr = schedule(opt.peak_lr, opt.warmup_steps, decay_end, opt.min_lr_ratio)
     tx = adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
-               exclude=tuple(opt.decay_exclude), clip_norm=clip_norm)
+               exclude=opt.decay_exclude, clip_norm=clip_norm)
     return tx, lr

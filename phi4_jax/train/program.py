@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from phi4_jax.model import ModelConfig
+from phi4_jax.sharding import axes as ax
 from phi4_jax.sharding.rules import Rules, activate
 from phi4_jax.train import state as state_lib
 from phi4_jax.train.objectives import Objective
@@ -49,7 +50,7 @@ class Program:
     graphdef: nnx.GraphDef
     abstract_state: state_lib.TrainState  # ShapeDtypeStructs
     state_shardings: state_lib.TrainState  # NamedShardings
-    batch_shapes: dict[str, jax.ShapeDtypeStruct]  # global shapes
+    batch_shapes: dict[str, jax.ShapeDtypeStruct]  # global shapes (the objective's spec)
     batch_shardings: dict[str, NamedSharding]
     init: Any  # () -> TrainState
     from_params: Any  # params -> TrainState (init_from another phase)
@@ -58,6 +59,10 @@ class Program:
     @property
     def mesh(self) -> jax.sharding.Mesh:
         return self.rules.mesh
+
+    @property
+    def param_count(self) -> int:
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state.params))
 
     def abstract_inputs(self) -> tuple[Any, Any]:
         """(state, batch) ShapeDtypeStructs carrying shardings, for `step.lower`."""
@@ -106,6 +111,22 @@ def validate_batch(rules: Rules, *, global_batch: int, micro_batches: int, seq_l
                          f"{jax.process_count()} hosts")
 
 
+def batch_shapes_of(objective: Objective, *, global_batch: int, seq_len: int
+                    ) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global shapes of the objective's batch arrays: 'batch' -> global_batch, 'seq' ->
+    seq_len."""
+    sizes = {ax.BATCH: global_batch, ax.SEQ: seq_len}
+    out = {}
+    for key, field in objective.batch_spec.items():
+        unknown = [a for a in field.axes if a not in sizes]
+        if unknown:
+            raise ValueError(f"objective {objective.name!r}: batch key {key!r} has axes "
+                             f"{field.axes}; batch arrays have axes {sorted(sizes)}")
+        out[key] = jax.ShapeDtypeStruct(tuple(sizes[a] for a in field.axes),
+                                        np.dtype(field.dtype))
+    return out
+
+
 def build(model_config: ModelConfig, rules: Rules, objective: Objective,
           tx: optax.GradientTransformation, *, seed: int, global_batch: int, seq_len: int,
           micro_batches: int = 1) -> Program:
@@ -117,10 +138,7 @@ def build(model_config: ModelConfig, rules: Rules, objective: Objective,
     init_fn = _under_rules(state_lib.init_state, rules, model_config, tx, objective, seed)
     abstract_state = jax.eval_shape(init_fn)
     shardings = rules.shardings(state_lib.state_specs(abstract_state, param_specs, tx))
-    float_keys = getattr(objective, "float_keys", ("loss_mask",))  # the rest are int32 ids
-    batch_shapes = {k: jax.ShapeDtypeStruct((global_batch, seq_len),
-                                            np.float32 if k in float_keys else np.int32)
-                    for k in objective.batch_axes}
+    batch_shapes = batch_shapes_of(objective, global_batch=global_batch, seq_len=seq_len)
     batch_shardings = {k: rules.sharding(axes) for k, axes in objective.batch_axes.items()}
     replicated = NamedSharding(rules.mesh, PartitionSpec())
     step_fn = _under_rules(train_step, rules, graphdef=graphdef, objective=objective, tx=tx,
@@ -137,6 +155,3 @@ def build(model_config: ModelConfig, rules: Rules, objective: Objective,
         step=jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
                      out_shardings=(shardings, replicated), donate_argnums=0))
 
-
-def param_count(program: Program) -> int:
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(program.abstract_state.params))

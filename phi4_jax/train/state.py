@@ -23,7 +23,7 @@ class TrainState(NamedTuple):
     rng:               uint32[2] PRNG key; step s uses fold_in(rng, s)
     nonfinite_in_row:  consecutive steps whose update was skipped for a NaN/Inf
     nonfinite_total:   all skipped updates
-    frozen:            the objective's non-trained trees (DPO reference params); {} otherwise
+    frozen:            the objective's non-trained trees (DPO: reference params); often {}
     """
 
     step: jax.Array
@@ -64,12 +64,20 @@ def state_specs(abstract: TrainState, param_specs: Any,
     """Logical PartitionSpecs for every leaf of `abstract` (a TrainState of ShapeDtypeStructs).
 
     Optimizer moments are sharded like their parameters; counters and hyperparameters are
-    replicated; each frozen tree is sharded like the parameters.
+    replicated; a frozen tree shaped like the parameters is sharded like them, any other
+    frozen tree is replicated.
     """
     replicated = PartitionSpec()
     opt = optax.tree_map_params(tx, lambda _, spec: spec, abstract.opt_state, param_specs,
                                 transform_non_params=lambda _: replicated,
                                 is_leaf=lambda x: isinstance(x, PartitionSpec))
+    params_shape = jax.tree.map(lambda x: (x.shape, x.dtype), abstract.params)
+
+    def frozen_specs(tree: Any) -> Any:
+        if jax.tree.map(lambda x: (x.shape, x.dtype), tree) == params_shape:
+            return param_specs
+        return jax.tree.map(lambda _: replicated, tree)
+
     return TrainState(step=replicated, params=param_specs, opt_state=opt, rng=replicated,
                       nonfinite_in_row=replicated, nonfinite_total=replicated,
-                      frozen={name: param_specs for name in abstract.frozen})
+                      frozen={name: frozen_specs(t) for name, t in abstract.frozen.items()})

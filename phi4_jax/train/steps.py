@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 
 from phi4_jax.sharding import axes as ax
+from phi4_jax.train import cpu_projection  # noqa: F401  (registers the CPU backward)
 from phi4_jax.train.objectives import Batch, Objective
 from phi4_jax.train.optimizer import applied_learning_rate
 from phi4_jax.train.state import TrainState

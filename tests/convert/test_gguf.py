@@ -45,7 +45,7 @@ def hf(path):
 
 @pytest.fixture(scope="module")
 def ours(path):
-    return phi4_jax.load_gguf(path, dtype="float32"), GGUFTokenizer(path)
+    return phi4_jax.load_gguf(path), GGUFTokenizer(path)  # dequantized: float32 by default
 
 
 def test_config_from_metadata(ours):
@@ -54,6 +54,7 @@ def test_config_from_metadata(ours):
     assert (c.num_layers, c.embed_dim, c.mlp_dim, c.num_heads, c.num_kv_heads) == \
         (30, 576, 1536, 9, 3)
     assert c.rope_theta == 100_000.0 and c.vocab_size == 49152 and c.tie_embeddings
+    assert c.dtype == "float32"
 
 
 def test_tokenizer_matches_transformers(ours, hf):

@@ -13,7 +13,8 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import phi4_jax  # noqa: E402
-from phi4_jax.model import preset, to_hf_config  # noqa: E402
+from phi4_jax.convert.hf_config import to_hf_config  # noqa: E402
+from phi4_jax.model import preset  # noqa: E402
 
 pytestmark = pytest.mark.hf
 
@@ -52,12 +53,13 @@ def pair(request, tmp_path_factory):
     hf = hf_model(config)
     path = str(tmp_path_factory.mktemp(request.param))
     hf.save_pretrained(path)
-    ours = phi4_jax.load_hf(path, dtype="float32")
+    ours = phi4_jax.load_hf(path)  # a float32 checkpoint computes in float32 by default
     return config, hf, ours, path
 
 
 def test_logits_match_transformers(pair):
     config, hf, ours, _ = pair
+    assert ours.config.dtype == "float32"
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (2, 11))
     ref = hf_logits(hf, tokens)
     got = np.asarray(ours(jnp.asarray(tokens)))
@@ -108,6 +110,47 @@ def test_llama_naming_and_tied_embeddings(tmp_path):
     back = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "llama_out"),
                                                          dtype=torch.float32).eval()
     np.testing.assert_allclose(hf_logits(back, tokens), hf_logits(hf, tokens), atol=1e-6)
+
+
+# -- compute dtype follows the checkpoint (transformers' dtype="auto") ------------------------
+def test_bfloat16_checkpoint_computes_in_bfloat16(tmp_path):
+    config = CONFIGS["group2"]
+    hf = hf_model(config).to(torch.bfloat16)
+    path = str(tmp_path / "bf16")
+    hf.save_pretrained(path)
+    with open(os.path.join(path, "config.json")) as f:
+        declared = json.load(f)
+    assert "bfloat16" in (declared.get("dtype"), declared.get("torch_dtype"))
+    ours = phi4_jax.load_hf(path)
+    assert ours.config.dtype == "bfloat16" and ours.config.param_dtype == "float32"
+    tokens = np.random.default_rng(4).integers(0, config.vocab_size, (2, 9))
+    assert ours.hidden(jnp.asarray(tokens)).dtype == jnp.bfloat16
+    with torch.no_grad():
+        ref = hf(torch.tensor(tokens)).logits.float().numpy()
+    # Both sides compute in bfloat16 (rounding differently): agreement to bf16 precision.
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(tokens))), ref,
+                               atol=0.05 * np.abs(ref).max(), rtol=0)
+    assert phi4_jax.load_hf(path, dtype="float32").config.dtype == "float32"  # explicit wins
+
+
+def test_without_a_declared_dtype_the_tensor_headers_decide(saved, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    dst = tmp_path / "headers"
+    dst.mkdir()
+    tensors = load_file(os.path.join(saved, "model.safetensors"))
+    save_file({k: v.astype(np.float16) for k, v in tensors.items()},
+              str(dst / "model.safetensors"))
+    with open(os.path.join(saved, "config.json")) as f:
+        cfg = json.load(f)
+    cfg.pop("dtype", None)
+    cfg.pop("torch_dtype", None)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    assert phi4_jax.load_hf(str(dst)).config.dtype == "float16"
+    cfg["torch_dtype"] = "float64"
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="float64.*pass dtype="):
+        phi4_jax.load_hf(str(dst))
 
 
 # -- errors name the tensor or field ----------------------------------------------------------

@@ -7,15 +7,15 @@ import os
 import numpy as np
 import pytest
 
-from phi4_jax.data.embedded import default_mixture
+from data_mixtures.embedded import build_mixture
 from phi4_jax.data.mixture import Mixture, Source, Stage
 from phi4_jax.data.store import write_store
 
 
 @pytest.fixture(scope="session")
 def embedded(tmp_path_factory) -> Mixture:
-    """The embedded default mixture, built once per session."""
-    return default_mixture(str(tmp_path_factory.mktemp("embedded")))
+    """The embedded mixture (Table 5 over the embedded corpus), built once per session."""
+    return build_mixture(str(tmp_path_factory.mktemp("embedded")))
 
 
 def random_store(path: str, name: str, num_docs: int, max_len: int, seed: int,

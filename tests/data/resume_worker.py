@@ -19,12 +19,11 @@ def main(ckpt_dir: str, data_root: str, out: str, num_batches: int, hosts: int) 
     its = [pipeline.build_iterator(toy_mixture(), seq_len=64, global_batch_size=8,
                                    data_root=data_root, process_index=h, process_count=hosts)
            for h in range(hosts)]
-    manager = ocp.CheckpointManager(ckpt_dir, item_names=(pipeline.DATA_ITEM,))
+    manager = ocp.CheckpointManager(ckpt_dir, item_names=("data",))
     step = manager.latest_step()
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{pipeline.DATA_ITEM: pipeline.restore_args()}))
+    restored = manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
     for it in its:
-        pipeline.restore(it, restored[pipeline.DATA_ITEM])
+        it.set_state(dict(restored["data"]))
     batches = [{k: np.concatenate([b[k] for b in host]) for k in host[0]}
                for host in zip(*[[next(it) for _ in range(num_batches)] for it in its])]
     np.savez(out, **{f"{i}/{k}": v for i, b in enumerate(batches) for k, v in b.items()})

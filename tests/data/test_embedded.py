@@ -1,11 +1,13 @@
-"""The embedded default mixture: real offline text in Table 5's roles, cached."""
+"""The embedded mixture: real offline text in Table 5's roles, cached; the roles' table comes
+from the caller (data_mixtures/embedded.py passes Table 5)."""
 
 import time
 
 import pytest
 
+from data_mixtures.embedded import build_mixture
 from data_mixtures.phi4_pretrain import TABLE_5
-from phi4_jax.data.embedded import default_mixture, rewrite
+from phi4_jax.data.embedded import embedded_mixture, rewrite
 from phi4_jax.data.plan import token_plan
 from phi4_jax.data.store import TokenStore
 from phi4_jax.data.tokenizer import ENDOFTEXT, phi4_encoding
@@ -38,9 +40,14 @@ def test_stores_hold_real_text(embedded):
 def test_cached_call_is_fast_and_identical(embedded):
     root = embedded.sources[0].path.rsplit("/", 2)[0]
     start = time.perf_counter()
-    again = default_mixture(root)
+    again = build_mixture(root)
     assert time.perf_counter() - start < 1.0
     assert again == embedded
+
+
+def test_the_table_must_name_the_corpus_roles(tmp_path):
+    with pytest.raises(ValueError, match="the embedded corpus has roles"):
+        embedded_mixture(str(tmp_path), {"web": (1.0, 1e9)}, reference_tokens=1e10)
 
 
 def test_rewrite_template():

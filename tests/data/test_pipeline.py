@@ -6,10 +6,10 @@ import types
 import numpy as np
 import pytest
 
-from phi4_jax.data.layout import epoch_permutation
 from phi4_jax.data.mixture import Stage
 from phi4_jax.data.pipeline import MixtureData, build_from_config, build_iterator
-from phi4_jax.data.plan import PlanError
+from phi4_jax.data.plan import MixturePlanError
+from phi4_jax.data.row_layout import epoch_permutation
 from phi4_jax.data.store import TokenStore
 from phi4_jax.data.tokenizer import PAD
 from tests.data.conftest import toy_mixture
@@ -188,7 +188,7 @@ def test_max_epochs_is_enforced(toy_root):
     mixture = toy_mixture()
     sources = tuple(s if s.name != "b" else s.__class__("b", "b", max_epochs=2.0)
                     for s in mixture.sources)
-    with pytest.raises(PlanError, match="source 'b'.*max_epochs 2.0"):
+    with pytest.raises(MixturePlanError, match="source 'b'.*max_epochs 2.0"):
         MixtureData(mixture.replace(sources=sources), seq_len=T, global_batch_size=B,
                     data_root=toy_root)
 

@@ -1,11 +1,11 @@
-"""The planner: Table 5 epochs, the mid-training mixture, max repetition, the CLI table."""
+"""The mixture plan: Table 5 epochs, the mid-training mixture, max repetition, the CLI table."""
 
 import os
 
 import numpy as np
 import pytest
 
-from phi4_jax.data import plan as planner
+from phi4_jax.data import plan as mixture_plan
 from phi4_jax.data.mixture import Mixture, MixtureError, Source, Stage, load_mixture
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -15,7 +15,7 @@ TABLE_5_EPOCHS = {"web": 1.2, "web_rewrites": 5.2, "synthetic": 13.8, "code": 2.
 
 
 def test_table_5_epochs_at_10t():
-    plan = planner.token_plan(load_mixture(PRETRAIN))
+    plan = mixture_plan.token_plan(load_mixture(PRETRAIN))
     assert plan.total_tokens == 10e12
     for name, epochs in TABLE_5_EPOCHS.items():
         assert plan.source(name).epochs == pytest.approx(epochs, abs=0.05)
@@ -25,7 +25,8 @@ def test_table_5_epochs_at_10t():
 
 
 def test_table_5_in_rows_at_4k_and_5760():
-    plan, schedule = planner.row_plan(load_mixture(PRETRAIN), seq_len=4096, global_batch_size=5760)
+    plan, schedule = mixture_plan.row_plan(load_mixture(PRETRAIN), seq_len=4096,
+                                           global_batch_size=5760)
     assert plan.num_steps == int(10e12 // (4096 * 5760))
     assert sum(s.rows for s in plan.sources) == plan.num_steps * 5760 == schedule.total_rows
     for name, epochs in TABLE_5_EPOCHS.items():
@@ -40,7 +41,7 @@ def test_midtrain_is_30_percent_long_and_70_percent_recall():
     assert sum(f for n, f in fractions.items() if n not in long) == pytest.approx(0.70)
     assert fractions["synthetic"] == pytest.approx(0.70 * 0.40)
     assert all(mixture.source(n).packing == "best_fit" for n in long)
-    plan = planner.token_plan(mixture)
+    plan = mixture_plan.token_plan(mixture)
     assert plan.total_tokens == 250e9
     # > 16K documents are up-sampled: read more often than 8K-16K ones
     assert plan.source("long_16k_plus").epochs > plan.source("long_8k_16k").epochs
@@ -50,14 +51,15 @@ def test_max_epochs_violation_names_the_source():
     mixture = Mixture("m", total_tokens=100, sources=(Source("x", "x", 10, max_epochs=3),
                                                       Source("y", "y", 100)),
                       stages=(Stage({"x": 0.5, "y": 0.5}),))
-    with pytest.raises(planner.PlanError, match=r"source 'x': 5.000 epochs planned, max_epochs 3"):
-        planner.token_plan(mixture)
+    with pytest.raises(mixture_plan.MixturePlanError,
+                       match=r"source 'x': 5.000 epochs planned, max_epochs 3"):
+        mixture_plan.token_plan(mixture)
 
 
 def test_missing_unique_tokens_is_an_error():
     mixture = Mixture("m", total_tokens=100, sources=(Source("x", "x"),), stages=(Stage({"x": 1}),))
-    with pytest.raises(planner.PlanError, match="source 'x': unique tokens unknown"):
-        planner.token_plan(mixture)
+    with pytest.raises(mixture_plan.MixturePlanError, match="source 'x': unique tokens unknown"):
+        mixture_plan.token_plan(mixture)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -76,16 +78,16 @@ def test_stages_split_the_budget():
     mixture = Mixture("m", total_tokens=1000,
                       sources=(Source("x", "x", 100), Source("y", "y", 100)),
                       stages=(Stage({"x": 1.0}, fraction=0.25), Stage({"y": 1.0}, fraction=0.75)))
-    plan = planner.token_plan(mixture)
+    plan = mixture_plan.token_plan(mixture)
     assert plan.epochs() == pytest.approx({"x": 2.5, "y": 7.5})
-    rows_plan, schedule = planner.row_plan(mixture, seq_len=10, global_batch_size=4)
+    rows_plan, schedule = mixture_plan.row_plan(mixture, seq_len=10, global_batch_size=4)
     assert rows_plan.stage_steps == (6, 19)
     source, _ = schedule.lookup(np.arange(schedule.total_rows))
     assert (source[:24] == 0).all() and (source[24:] == 1).all()
 
 
 def test_cli_prints_the_table(capsys):
-    assert planner.main([PRETRAIN]) == 0
+    assert mixture_plan.main([PRETRAIN]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     for name, epochs in TABLE_5_EPOCHS.items():
@@ -98,5 +100,10 @@ def test_cli_reports_plan_errors(capsys, tmp_path):
     path.write_text("from phi4_jax.data.mixture import *\n"
                     "MIXTURE = Mixture('bad', total_tokens=1e3, sources=(Source('x', 'x', 10, "
                     "max_epochs=2),), stages=(Stage({'x': 1.0}),))\n")
-    assert planner.main([str(path)]) == 2
+    assert mixture_plan.main([str(path)]) == 2
     assert "source 'x'" in capsys.readouterr().err
+
+
+def test_cli_explains_an_unknown_mixture(capsys):
+    assert mixture_plan.main(["no_such_mixture"]) == 2
+    assert "unknown mixture 'no_such_mixture'" in capsys.readouterr().err

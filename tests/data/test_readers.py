@@ -11,7 +11,7 @@ from tests.data.corpus import MAX_DOC_CHARS, write_broken_corpus
 def test_broken_corpus_is_read_exactly(tmp_path):
     good, bad, per_file = write_broken_corpus(str(tmp_path))
     assert len(bad) >= 10  # kinds of damage
-    report = BadInputReport()
+    report = BadInputReport(REASONS)
     kept = []
     for path in list_inputs([str(tmp_path)]):
         kept += [text for _, text in read_records(path, ReadOptions(max_doc_chars=MAX_DOC_CHARS),
@@ -37,12 +37,12 @@ def test_long_lines_are_skipped_with_bounded_memory():
 
 
 def test_report_merges_and_serializes():
-    a, b = BadInputReport(), BadInputReport()
+    a, b = BadInputReport(REASONS), BadInputReport(REASONS)
     a.ok("f", 3)
     a.bad("f", "malformed_json", "line 2", "oops")
     b.bad("f", "malformed_json", "line 9", "later")
     b.bad("g", "empty_document", "line 1")
-    merged = BadInputReport.from_json(a.merge(b).to_json())
+    merged = BadInputReport.from_json(a.merge(b).to_json(), REASONS)
     assert merged.totals() == collections.Counter(malformed_json=2, empty_document=1)
     assert merged.files["f"].first["malformed_json"] == "line 2: oops"
     assert "3 records kept, 3 rejected" in merged.format_text()

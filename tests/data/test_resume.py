@@ -1,6 +1,7 @@
-"""Exact resume: bit-identical next batches in a fresh process, any host count, and clear errors
-when the data or the plan changed."""
+"""Exact resume: bit-identical next batches in a fresh process, any host count (also through the
+training checkpoint's data-state handler), and clear errors when the data or the plan changed."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,8 +11,10 @@ import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
 from phi4_jax.data import pipeline
+from phi4_jax.train import checkpoint
 from tests.data.conftest import random_store, toy_mixture
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,8 +26,8 @@ def _iterator(root, hosts=1, index=0, **kw):
 
 
 def _save(it, ckpt_dir, step):
-    manager = ocp.CheckpointManager(ckpt_dir, item_names=(pipeline.DATA_ITEM,))
-    manager.save(step, args=ocp.args.Composite(**{pipeline.DATA_ITEM: pipeline.save_args(it)}))
+    manager = ocp.CheckpointManager(ckpt_dir, item_names=("data",))
+    manager.save(step, args=ocp.args.Composite(data=ocp.args.JsonSave(it.get_state())))
     manager.wait_until_finished()
     manager.close()
 
@@ -98,3 +101,45 @@ def test_grain_checkpoint_handler_round_trip(toy_root, tmp_path):
     fresh = _iterator(toy_root)
     manager.restore(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh)))
     np.testing.assert_array_equal(next(fresh)["tokens"], expected["tokens"])
+
+
+def _write_host_states(directory, states):
+    directory.mkdir(parents=True)
+    for i, state in enumerate(states):
+        (directory / f"process_{i}-of-{len(states)}.json").write_text(json.dumps(state))
+
+
+def test_checkpoint_restores_a_two_host_data_state_on_one_host(toy_root, tmp_path):
+    halves = [_iterator(toy_root, hosts=2, index=h) for h in range(2)]
+    for half in halves:
+        for _ in range(3):
+            next(half)
+    states = [h.get_state() for h in halves]
+    assert states[0] == states[1]  # the same state on every host: no host index in it
+    expected = np.concatenate([next(h)["tokens"] for h in halves])
+    _write_host_states(tmp_path / "data", states)
+    restored = checkpoint.DataStateHandler().restore(epath.Path(tmp_path / "data"))
+    one = _iterator(toy_root)  # this test process: process 0 of 1
+    one.set_state(restored)
+    np.testing.assert_array_equal(next(one)["tokens"], expected)
+
+
+def test_checkpoint_refuses_per_host_states_naming_the_process_count(tmp_path):
+    _write_host_states(tmp_path / "data", [{"host": 0}, {"host": 1}])
+    with pytest.raises(checkpoint.HostCountError, match="resume with exactly 2 processes"):
+        checkpoint.DataStateHandler().restore(epath.Path(tmp_path / "data"))
+    (tmp_path / "data" / "process_1-of-2.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no complete data state"):
+        checkpoint.DataStateHandler().restore(epath.Path(tmp_path / "data"))
+
+
+def test_host_count_refusal_is_not_a_corrupt_step(tmp_path):
+    manager = ocp.CheckpointManager(str(tmp_path / "ckpt"), item_names=("data",))
+    manager.save(1, args=ocp.args.Composite(data=checkpoint.DataStateSave({"host": 0})))
+    manager.wait_until_finished()
+    data = tmp_path / "ckpt" / "1" / "data"
+    (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
+    (data / "process_1-of-2.json").write_text(json.dumps({"host": 1}))
+    with pytest.raises(checkpoint.HostCountError, match="exactly 2 processes"):
+        manager.restore(1, args=ocp.args.Composite(data=checkpoint.DataStateRestore()))
+    manager.close()

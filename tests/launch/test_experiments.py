@@ -16,10 +16,16 @@ from experiments.base import parse_arg, shrink
 from launch import local
 from phi4_jax.data.mixture import load_mixture
 from phi4_jax.data.plan import token_plan
-from phi4_jax.train import loop, optimizer, program
+from phi4_jax.train import loop, optimizer
+from phi4_jax.train.config import RunConfig
 
 MINE = ("phi4_pretrain", "phi4_midtrain", "ablation_7b_1t")
 PHI4_PARAMS = 14_659_507_200  # the recipe (released checkpoint)
+
+
+def model_of(config):
+    """The ModelConfig an experiment config converts to (its preset plus overrides)."""
+    return RunConfig.from_experiment(config).model
 
 
 def devices_for(batch: int) -> list:
@@ -34,7 +40,7 @@ def devices_for(batch: int) -> list:
 def test_smoke_size_builds_on_cpu(name):
     config = experiments.get_config(f"{name}:smoke")
     prog = loop.build(config, devices_for(config.train.global_batch))
-    assert program.param_count(prog) < 50e6, "smoke sizes use the tiny model"
+    assert prog.param_count < 50e6, "smoke sizes use the tiny model"
     assert config.data.seq_len <= prog.model_config.max_seq_len
 
 
@@ -44,15 +50,16 @@ def test_full_size_builds_on_eight_devices(name):
     config = experiments.get_config(name)
     prog = loop.build(config, jax.devices())
     if name != "ablation_7b_1t":
-        assert program.param_count(prog) == PHI4_PARAMS
+        assert prog.param_count == PHI4_PARAMS
     else:
-        assert 7.7e9 < program.param_count(prog) < 7.9e9
-    assert loop.micro_batches(config.train, prog.rules) == config.train.global_batch // 8
+        assert 7.7e9 < prog.param_count < 7.9e9
+    run = RunConfig.from_experiment(config)
+    assert loop.micro_batches(run.train, prog.rules) == config.train.global_batch // 8
 
 
 def test_pretrain_recipe_numbers():
     c = experiments.get_config("phi4_pretrain")
-    m = loop.model_config(c.model)
+    m = model_of(c)
     assert (c.train.global_batch, c.data.seq_len) == (5760, 4096)
     assert c.optimizer.peak_lr == 3e-4 and c.optimizer.weight_decay == 0.1
     assert m.rope_theta == 10_000 and m.num_layers == 40 and m.embed_dim == 5120
@@ -62,7 +69,8 @@ def test_pretrain_recipe_numbers():
     tokens = c.train.steps * 5760 * 4096
     assert 10e12 - 5760 * 4096 < tokens <= 10e12  # ~10T tokens, whole steps
     # Linear warm-up and linear decay (the paper; seed 001's cosine is wrong).
-    _, lr = optimizer.from_config(c.optimizer, c.train.clip_norm, c.train.steps)
+    _, lr = optimizer.from_config(RunConfig.from_experiment(c).optimizer, c.train.clip_norm,
+                                  c.train.steps)
     w, end = c.optimizer.warmup_steps, c.train.steps
     floor = 3e-4 * c.optimizer.min_lr_ratio
     assert math.isclose(lr(w // 2), 3e-4 * (w // 2) / w, rel_tol=1e-5)
@@ -74,18 +82,18 @@ def test_pretrain_recipe_numbers():
 def test_midtrain_recipe_numbers():
     c = experiments.get_config("phi4_midtrain")
     pre = experiments.get_config("phi4_pretrain")
-    assert c.data.seq_len == 16384 and loop.model_config(c.model).rope_theta == 250_000
+    assert c.data.seq_len == 16384 and model_of(c).rope_theta == 250_000
     assert math.isclose(c.optimizer.peak_lr, 3e-5) and c.optimizer.weight_decay == 0.1
     assert c.optimizer.peak_lr == pre.optimizer.peak_lr / 10
     assert c.train.global_batch * 16384 == 5760 * 4096  # tokens per step kept
     assert 250e9 - 5760 * 4096 < c.train.steps * 5760 * 4096 <= 250e9
     assert c.train.init_from and c.data.mixture == "phi4_midtrain"
-    assert loop.model_config(c.model).num_layers == 40  # the same 14B model
+    assert model_of(c).num_layers == 40  # the same 14B model
 
 
 def test_ablation_recipe_numbers_and_sweep():
     c = experiments.get_config("ablation_7b_1t")
-    assert c.model.preset == "ablation_7b" and loop.model_config(c.model).rope_theta == 10_000
+    assert c.model.preset == "ablation_7b" and model_of(c).rope_theta == 10_000
     assert 1e12 - 5760 * 4096 < c.train.steps * 5760 * 4096 <= 1e12
     specs = ablation_7b_1t.sweep()
     assert len(specs) == len(set(specs)) >= 4
@@ -143,8 +151,8 @@ def test_parse_arg_and_shrink():
     assert (args.smoke, args.mixture, args.steps) == (True, "more_web", 3)
     assert parse_arg("smoke=false", smoke=True).smoke is False
     c = shrink(experiments.get_config("phi4_midtrain"), seq_len=16384, global_batch=1)
-    assert loop.model_config(c.model).rope_theta == 250_000  # kept: the experiment's choice
+    assert model_of(c).rope_theta == 250_000  # kept: the experiment's choice
     assert math.isclose(c.optimizer.peak_lr, 3e-5) and c.model.remat == "full"
     assert c.model.preset == "tiny" and c.model.dtype == "float32"
-    vocab_block = 16384 * loop.model_config(c.model).vocab_size / c.train.loss_vocab_chunks
+    vocab_block = 16384 * model_of(c).vocab_size / c.train.loss_vocab_chunks
     assert vocab_block * 4 <= 256 * 2**20

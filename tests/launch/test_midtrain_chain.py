@@ -13,6 +13,7 @@ import pytest
 
 import experiments
 from phi4_jax.train import inputs, loop
+from phi4_jax.train.config import RunConfig
 
 PRETRAIN_STEPS = 2
 
@@ -29,13 +30,14 @@ def test_pretrain_then_midtrain_at_16k(tmp_path):
 
     mid = experiments.get_config("phi4_midtrain:smoke")
     mid.train.init_from = str(tmp_path / "pre")
-    model = loop.model_config(mid.model)
+    run = RunConfig.from_experiment(mid)
+    model = run.model
     assert model.rope_theta == 250_000 and mid.data.seq_len == 16384
     assert math.isclose(mid.optimizer.peak_lr, pre.optimizer.peak_lr / 10)
     assert mid.train.global_batch == 1
 
     # The batches the run trains on (the stream is a pure function of the config).
-    data = inputs.build_iterator(mid.data, global_batch=1, steps=mid.train.steps,
+    data = inputs.build_iterator(run.data, global_batch=1, steps=mid.train.steps,
                                  vocab_size=model.vocab_size, host=0, host_count=1)
     positions = np.stack([next(data)["positions"] for _ in range(mid.train.steps)])
     assert positions.max() == 16383 and (positions >= 8192).sum() >= 8192

@@ -70,9 +70,9 @@ def _losses(workdir) -> dict[int, float]:
 def cache(tmp_path_factory):
     # Build the embedded corpus once, so the two workers only read it.
     path = tmp_path_factory.mktemp("corpus")
-    from phi4_jax.data import embedded
+    from data_mixtures import embedded
 
-    embedded.default_mixture(str(path))
+    embedded.build_mixture(str(path))
     return path
 
 

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from phi4_jax.posttrain.oracles import Question
-from phi4_jax.posttrain.pts import Problem
+from phi4_jax.posttrain.pts.oracles import Question
+from phi4_jax.posttrain.pts.search import Problem
 from phi4_jax.posttrain.sampler import Rollout, row_id
 
 WIN, LOSE, EOS, UP, DOWN, FILL, HEADS, TAILS = 1, 2, 3, 4, 5, 6, 7, 8

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from phi4_jax.inference.decode import score
+from phi4_jax.inference.sampling import SamplingConfig
 from phi4_jax.model import init_model, preset
-from phi4_jax.model.decode import score
-from phi4_jax.model.sampling import SamplingConfig
 from phi4_jax.posttrain.sampler import ModelSampler, Sampler, row_id
 
 

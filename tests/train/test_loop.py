@@ -1,4 +1,5 @@
-"""The loop end to end on one device: trains, checkpoints, logs, resumes, init_from, NaN abort."""
+"""The loop end to end on one device: trains, checkpoints, logs, resumes, reports a finished
+run, init_from, NaN abort."""
 
 import glob
 import json
@@ -53,6 +54,20 @@ def test_same_workdir_resumes(first_run, capsys):
     out = capsys.readouterr().out
     assert "start from checkpoint at step 6" in out
     assert "step 8/8" in out and "tok/s" in out and "ETA" in out
+
+
+def test_a_finished_run_reports_itself_and_trains_nothing(first_run, capsys):
+    workdir, _ = first_run
+    done = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=3).steps()[-1]
+    before = records(workdir)
+    capsys.readouterr()
+    result = loop.run(tiny_config(steps=done), workdir, devices=ONE)
+    out = capsys.readouterr().out
+    assert result.step == done and result.start == "checkpoint" and not result.preempted
+    assert f"run complete at step {done}/{done}" in out and "compiled" not in out
+    assert f"last logged metrics (step {done}): loss {before[done]['loss']:.4f} | lr" in out
+    assert result.metrics == {k: v for k, v in before[done].items() if k != "step"}
+    assert records(workdir) == before  # nothing appended
 
 
 def test_init_from_takes_only_the_parameters(first_run, tmp_path):

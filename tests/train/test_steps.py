@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from phi4_jax.train import inputs, loop, objectives, optimizer, state, steps
+from phi4_jax.train.config import RunConfig
 from tests.train.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
 def setup():
-    config = tiny_config()
-    model_config = loop.model_config(config.model)
+    config = RunConfig.from_experiment(tiny_config())
     objective = objectives.from_config(config)
     tx, _ = optimizer.from_config(config.optimizer, config.train.clip_norm, config.train.steps)
-    graphdef, _, _ = state.model_graph(model_config)
+    graphdef, _, _ = state.model_graph(config.model)
     init = loop.build(config, devices=jax.devices()[:1]).init()  # the compiled init
     batch = inputs.SyntheticIterator(batch_size=8, seq_len=32, vocab_size=256).batch(0)
     batch = {k: jnp.asarray(v) for k, v in batch.items()}

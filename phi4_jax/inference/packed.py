@@ -1,0 +1,227 @@
+"""The decode loop's layer stack: unstacked, packed per-layer weights and a per-layer KV cache.
+
+Why. The model stores its blocks stacked, every parameter [L, ...], and runs them with
+`lax.scan`, which is what training, sharding and checkpoints want. Inside a loop over layers,
+XLA:CPU reads a layer's weights through a dynamic-slice that materializes a copy of the slice
+before each matmul: every decode step copied all block weights once before reading them again,
+about doubling the memory traffic of a step that is memory-bandwidth bound. For decoding the
+weights are therefore unstacked once, outside the compiled program, into separate arrays per
+layer, and the decode step runs the blocks as an unrolled Python loop: each matmul reads its own
+weight buffer in place.
+
+While copying, the weights are packed for one-token steps (the same products; only float
+rounding order may differ):
+q, k and v become one [D, (N + 2K) H] matrix and gate and up one [D, 2F] matrix, so a layer makes
+four weight matmuls instead of seven (fewer kernel launches, one pass over x), and every weight
+is cast to the compute dtype once (a bf16 model reads half the bytes of its float32 parameters).
+On the CPU backend (float32 or bfloat16 compute) each matrix is stored as column panels in the
+compute dtype for the FFI kernel `phi4_jax.inference.kernels.small_matmul`, which streams every
+weight once for all rows of the batch (XLA:CPU's GEMM reaches about half that bandwidth from two
+rows on, and its bfloat16 products are slower than its float32 ones); products accumulate in
+float32.
+The KV cache is one head-major [B, K, S, H] key and value buffer per layer (`HeadMajorKV`): the
+attention matmuls read it with no transpose (the model's `KVCache` layout [B, S, K, H] costs one
+cache transpose per layer and step on CPU) and the loop writes the new slots in place.
+
+The packed copy (`DecodeWeights`, blocks and output projection) is cached per model and reused
+while the model's parameter arrays are the same objects; any parameter update gives new arrays
+and re-packs on the next call. It costs a second copy of the weights, so it is only used for
+models of at most `MAX_PACKED_BYTES` (SmolLM2-135M: 0.54 GB) with at most `MAX_UNROLLED_LAYERS`
+layers (the unrolled step compiles in time linear in depth), and for batch buckets of at most
+`max_packed_batch` rows (see `MAX_PACKED_BATCH`); everything else, including the
+accelerator-sized models that decode sharded, keeps the scanned path in `decode.py`. Prefill
+always uses the scan; `from_stacked` turns its cache into this one.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from phi4_jax.inference import kernels
+from phi4_jax.model import KVCache, ModelConfig, Transformer
+from phi4_jax.model.attention import NEG_INF
+from phi4_jax.model.layers import rms_norm
+from phi4_jax.model.rope import apply_rope
+
+MAX_PACKED_BYTES = 2 << 30
+MAX_UNROLLED_LAYERS = 64
+# Batch buckets up to these sizes decode with packed weights; bigger ones keep the scan.
+# Without the CPU kernel (XLA's dot: accelerators, other dtypes, no compiler), measured on a
+# 2-core CPU with SmolLM2-135M (ms per step, scanned -> packed): batch 1 42 -> 25, 2 45 -> 35,
+# 4 46 -> 43, 8 55 -> 61: from batch 8 on XLA:CPU's GEMM is compute-bound rather than
+# bandwidth-bound, the scan's weight copies overlap with it on the other core, and the scan is
+# faster. With the kernel (`phi4_jax.inference.kernels`; float32 here), whole generate calls (32 new
+# tokens, s, scanned -> packed): batch 16 2.88 -> 2.10, 32 4.87 -> 3.62.
+MAX_PACKED_BATCH = 32
+MAX_PACKED_BATCH_XLA = 4
+
+
+class LayerWeights(NamedTuple):
+    """One block's weights in the compute dtype, packed for decoding (norm scales as stored).
+
+    With the CPU decode kernel (`phi4_jax.inference.kernels`: float32 or bfloat16 models on the
+    CPU) every matrix [K, N] below is stored as its column panels [ceil(N / 32), K, 32] instead.
+    """
+
+    attn_norm: jax.Array  # [D]
+    qkv: jax.Array        # [D, (N + 2K) H]: q heads, then k heads, then v heads
+    o: jax.Array          # [N H, D]
+    mlp_norm: jax.Array   # [D]
+    gate_up: jax.Array    # [D, 2F]: gate columns, then up columns
+    down: jax.Array       # [F, D]
+
+
+class DecodeWeights(NamedTuple):
+    """Every block's packed weights and the output projection [D, V] in the compute dtype."""
+
+    layers: tuple[LayerWeights, ...]
+    vocab: jax.Array
+
+
+class HeadMajorKV(NamedTuple):
+    """One layer's cache in head-major layout, k and v [B, K, S, H] (the model's `KVCache` is
+    [B, S, K, H]); slot s holds position s of the row. The packed loop carries one per layer."""
+
+    k: jax.Array
+    v: jax.Array
+
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def uses_kernel(config: ModelConfig) -> bool:
+    """Whether packed weights are stored as panels for the CPU kernel (float32 or bfloat16
+    compute on the CPU backend)."""
+    return (jnp.dtype(config.compute_dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+            and kernels.available())
+
+
+def max_packed_batch(config: ModelConfig) -> int:
+    """The largest batch bucket that decodes with packed weights."""
+    return MAX_PACKED_BATCH if uses_kernel(config) else MAX_PACKED_BATCH_XLA
+
+
+def supports(model: Transformer, batch: int) -> bool:
+    """Whether `model` decodes a batch bucket of `batch` rows with packed per-layer weights."""
+    cfg = model.config
+    if cfg.num_layers > MAX_UNROLLED_LAYERS or batch > max_packed_batch(cfg):
+        return False
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    return sum(x.size for x in leaves) * cfg.compute_dtype.itemsize <= MAX_PACKED_BYTES
+
+
+def decode_weights(model: Transformer) -> DecodeWeights:
+    """The model's weights packed for decoding, cached while its parameters are unchanged.
+
+    One compiled call packs all layers (a few tens of ms for SmolLM2-135M), so a training loop
+    that decodes after each parameter update pays one copy of the weights per update.
+    """
+    leaves = tuple(jax.tree.leaves(nnx.state(model, nnx.Param)))
+    hit = _PACKED.get(model)
+    if hit is not None and len(hit[0]) == len(leaves) and all(
+            a is b for a, b in zip(hit[0], leaves)):
+        return hit[1]
+    _, state = nnx.split(model, nnx.Param)
+    packed = _pack(state, model.config, uses_kernel(model.config))
+    _PACKED[model] = (leaves, packed)
+    return packed
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _pack(state: nnx.State, cfg: ModelConfig, panels: bool) -> DecodeWeights:
+    dt = cfg.compute_dtype
+    matrix = ((lambda w: kernels.pack_panels(w, dt)) if panels
+              else (lambda w: w.astype(dt)))
+    blocks = state["blocks"]
+    a, m = blocks["attn"], blocks["mlp"]
+    d = cfg.embed_dim
+
+    def value(p, i):
+        return p[...][i]
+
+    layers = []
+    for i in range(cfg.num_layers):
+        qkv = jnp.concatenate([value(a["q"], i).reshape(d, -1), value(a["k"], i).reshape(d, -1),
+                               value(a["v"], i).reshape(d, -1)], axis=1)
+        gate_up = jnp.concatenate([value(m["gate"], i), value(m["up"], i)], axis=1)
+        layers.append(LayerWeights(
+            attn_norm=value(blocks["attn_norm"]["scale"], i),
+            qkv=matrix(qkv),
+            o=matrix(value(a["o"], i).reshape(-1, d)),
+            mlp_norm=value(blocks["mlp_norm"]["scale"], i),
+            gate_up=matrix(gate_up),
+            down=matrix(value(m["down"], i))))
+    # Without panels the tied embedding [V, D] is used in place: XLA reads the transposed
+    # operand directly.
+    vocab = (state["embed"]["embedding"][...].T if cfg.tie_embeddings
+             else state["lm_head"][...])
+    return DecodeWeights(tuple(layers), matrix(vocab))
+
+
+def _project(x: jax.Array, w: jax.Array, n: int, out_dtype: jnp.dtype) -> jax.Array:
+    """x [B, T, K] @ w -> [B, T, n]: w is a matrix [K, n], or its panels (CPU kernel)."""
+    if w.ndim == 3:
+        return kernels.small_matmul(x, w, n).astype(out_dtype)
+    return jnp.einsum("BTD,DE->BTE", x, w, preferred_element_type=out_dtype)
+
+
+def logits(cfg: ModelConfig, weights: DecodeWeights, h: jax.Array) -> jax.Array:
+    """float32 logits [B, T, V] of final-norm hidden states h [B, T, D] (`Transformer.logits`)."""
+    return _project(h, weights.vocab, cfg.vocab_size, jnp.float32)
+
+
+def from_stacked(cache: KVCache) -> tuple[HeadMajorKV, ...]:
+    """Per-layer head-major buffers from the model's stacked [L, B, S, K, H] cache."""
+    return tuple(HeadMajorKV(cache.k[i].swapaxes(1, 2), cache.v[i].swapaxes(1, 2))
+                 for i in range(cache.k.shape[0]))
+
+
+def run_layers(cfg: ModelConfig, weights: DecodeWeights, x: jax.Array, slots: jax.Array,
+               cache: tuple[HeadMajorKV, ...]) -> tuple[jax.Array, tuple[HeadMajorKV, ...]]:
+    """The block stack over x [B, T, D] whose tokens go to cache `slots` [B, T] (slot ==
+    position); each query attends to every filled slot at or before its own. Unrolled."""
+    new = []
+    for w, kv in zip(weights.layers, cache):
+        x, kv = _layer(cfg, w, x, slots, kv)
+        new.append(kv)
+    return x, tuple(new)
+
+
+def _layer(cfg: ModelConfig, w: LayerWeights, x: jax.Array, slots: jax.Array, kv: HeadMajorKV
+           ) -> tuple[jax.Array, HeadMajorKV]:
+    """One pre-norm block: `model.block.Block` with the cached branch of
+    `model.attention.Attention`, on packed weights and a head-major cache."""
+    b, t, _ = x.shape
+    n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    d, f = cfg.embed_dim, cfg.mlp_dim
+    normed = rms_norm(x, w.attn_norm, cfg.norm_eps, x.dtype)
+    qkv = _project(normed, w.qkv, (n + 2 * k) * h, x.dtype)
+    q = apply_rope(qkv[..., :n * h].reshape(b, t, n, h), slots, cfg.rope_theta)
+    new_k = apply_rope(qkv[..., n * h:(n + k) * h].reshape(b, t, k, h), slots, cfg.rope_theta)
+    new_v = qkv[..., (n + k) * h:].reshape(b, t, k, h)
+    rows = jnp.arange(b)[:, None]
+    # [rows, :, slots] indexes [B, T, K, H]: the new entries land at each row's own slots.
+    kv = HeadMajorKV(kv.k.at[rows, :, slots].set(new_k.astype(kv.k.dtype)),
+                     kv.v.at[rows, :, slots].set(new_v.astype(kv.v.dtype)))
+    # Grouped-query attention over all S slots, masked causally by slot (= position).
+    q = q.reshape(b, t, k, n // k, h)
+    scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, kv.k.astype(x.dtype),
+                        preferred_element_type=jnp.float32) * (h ** -0.5)
+    visible = jnp.arange(kv.k.shape[2])[None, None, :] <= slots[:, :, None]  # [B, T, S]
+    scores = jnp.where(visible[:, None, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    # Contract into [B, K, G, T, H] and transpose after: for one-token steps (T = 1) the
+    # transpose is free, while asking the dot for [B, T, K, G, H] directly made XLA:CPU copy the
+    # result of every per-(row, head) product (2.5x the attention time at batch 8).
+    ctx = jnp.einsum("BKGTS,BKSH->BKGTH", probs, kv.v.astype(x.dtype),
+                     preferred_element_type=jnp.float32).astype(x.dtype).transpose(0, 3, 1, 2, 4)
+    x = x + _project(ctx.reshape(b, t, n * h), w.o, d, x.dtype)
+    normed = rms_norm(x, w.mlp_norm, cfg.norm_eps, x.dtype)
+    gate_up = _project(normed, w.gate_up, 2 * f, x.dtype)
+    gate, up = jnp.split(gate_up, 2, axis=-1)
+    return x + _project(jax.nn.silu(gate) * up, w.down, d, x.dtype), kv

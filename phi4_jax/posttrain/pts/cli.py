@@ -1,0 +1,288 @@
+"""Pivotal Token Search from the command line: resumable, with a progress bar.
+
+    python -m phi4_jax.posttrain.pts --out runs/pts_arith \\
+        --arithmetic "4*12,7*9,3*7,40+32" --n_samples 16 --p_gap 0.2 --max_new_tokens 6
+
+(`python -m phi4_jax.posttrain.pts_cli` is the same command; the hyphenated flag spellings
+of earlier releases, e.g. `--n-samples`, still work.)
+Writes to --out: `pivots.jsonl` and `pairs.jsonl` (schemas in `phi4_jax.posttrain.records`),
+`state.jsonl` (one line per finished question: p, searched, counts) and `config.json`. A
+rerun skips the questions in `state.jsonl`, drops records of a question that was cut off
+mid-write, and refuses to continue under a different search configuration. Before searching it
+prints the false-pivot probability for the configured N and p_gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from phi4_jax import cli
+from phi4_jax.io import atomic_write_json, atomic_write_text
+from phi4_jax.io.jsonl import read_objects
+from phi4_jax.posttrain.pts.oracles import ORACLES, Oracle, Question, oracle_for
+from phi4_jax.posttrain.pts.search import (
+    Problem,
+    PTSConfig,
+    Stats,
+    false_pivot_probability,
+    search_batch,
+)
+from phi4_jax.posttrain.records import JsonlWriter
+from phi4_jax.posttrain.sampler import Sampler
+
+_ARITH = re.compile(r"^\s*(\d+)\s*([+*-])\s*(\d+)\s*$")
+
+
+def arithmetic_questions(spec: str) -> list[Question]:
+    """Questions from "a+b,c*d,...": "What is a + b?" with the reply forced to start "a + b =".
+
+    Forcing the reply's start keeps rollouts a few tokens long (the answer digits), which is
+    what makes a real-model search affordable on a CPU."""
+    out = []
+    for item in spec.split(","):
+        m = _ARITH.match(item)
+        if not m:
+            raise ValueError(f"--arithmetic: {item!r} is not 'a+b', 'a-b' or 'a*b'")
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        value = {"+": a + b, "-": a - b, "*": a * b}[op]
+        out.append(Question(id=f"arith/{a}{op}{b}", prompt=f"What is {a} {op} {b}?",
+                            answer=str(value), kind="math", reply_prefix=f"{a} {op} {b} ="))
+    return out
+
+
+def load_questions(path: str) -> tuple[list[Question], list[str]]:
+    """Questions from JSONL (Question's fields); malformed lines are reported, not fatal."""
+    fields = {f.name for f in dataclasses.fields(Question)}
+    questions, problems, seen = [], [], set()
+    for line_no, obj, error in read_objects(path):
+        try:
+            if error:
+                raise ValueError(error)
+            unknown = set(obj) - fields
+            if unknown:
+                raise ValueError(f"unknown fields {sorted(unknown)}")
+            if "choices" in obj:
+                obj["choices"] = tuple(obj["choices"])
+            q = Question(**obj)
+            if not isinstance(q.id, str) or not q.id or q.id in seen:
+                raise ValueError(f"id {q.id!r} is empty, not a string or a duplicate")
+            if not isinstance(q.prompt, str) or not q.prompt.strip():
+                raise ValueError("prompt must be a non-empty string")
+            for name in ("answer", "kind", "tests", "context", "reply_prefix"):
+                if not isinstance(getattr(q, name), str):
+                    raise ValueError(f"{name} must be a string")
+            if q.kind not in ORACLES:
+                raise ValueError(f"kind {q.kind!r} is not one of {sorted(ORACLES)}")
+            if not all(isinstance(c, str) for c in q.choices) or not isinstance(
+                    q.entry_point, str | None):
+                raise ValueError("choices must be strings and entry_point a string")
+        except (ValueError, TypeError) as e:
+            problems.append(f"{path}:{line_no}: {e}")
+            continue
+        seen.add(q.id)
+        questions.append(q)
+    return questions, problems
+
+
+def build_problems(questions: Sequence[Question], sampler: Sampler,
+                   system: str | None = None) -> list[Problem]:
+    """Chat prompt (+ forced reply prefix) token ids for each question."""
+    out = []
+    for q in questions:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": q.prompt}]
+        chat = list(sampler.render(messages))
+        forced = sampler.encode(q.reply_prefix) if q.reply_prefix else []
+        out.append(Problem(q, tuple(chat + forced), len(chat)))
+    return out
+
+
+def _read_state(path: str) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    done[row["question_id"]] = row
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut off by a crash: that question is redone
+    return done
+
+
+def _keep_only(path: str, done: set[str]) -> int:
+    """Rewrites a records file without lines of unfinished questions; returns lines dropped."""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                qid = row.get("question_id") or row["meta"]["question_id"]
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                qid = None
+            if qid in done and line.endswith("\n"):
+                kept.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        atomic_write_text(path, "".join(kept))
+    return dropped
+
+
+@dataclasses.dataclass
+class RunSummary:
+    questions: int = 0
+    skipped: int = 0          # already done (resumed)
+    searched: int = 0
+    pivots: int = 0
+    pairs: int = 0
+    oracle_calls: int = 0
+    seconds: float = 0.0
+
+
+def run(problems: Sequence[Problem], sampler: Sampler, oracle: Oracle, config: PTSConfig,
+        out_dir: str, *, batch_questions: int = 4, progress: bool = True) -> RunSummary:
+    """Searches every problem not yet recorded in `out_dir/state.jsonl`; appends the records."""
+    os.makedirs(out_dir, exist_ok=True)
+    cfg_path = os.path.join(out_dir, "config.json")
+    cfg = dataclasses.asdict(config) | {"tokenizer": sampler.tokenizer_name}
+    if os.path.exists(cfg_path):
+        with open(cfg_path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old != cfg:
+            raise ValueError(f"{cfg_path}: this run's configuration {cfg} differs from the one "
+                             f"the directory was started with {old}; use a new --out")
+    else:
+        atomic_write_json(cfg_path, cfg, indent=1)
+    paths = {k: os.path.join(out_dir, f"{k}.jsonl") for k in ("pivots", "pairs", "state")}
+    done = _read_state(paths["state"])
+    for k in ("pivots", "pairs"):
+        _keep_only(paths[k], set(done))
+    todo = [p for p in problems if p.question.id not in done]
+    summary = RunSummary(questions=len(problems), skipped=len(problems) - len(todo))
+    stats, start = Stats(), time.time()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(problems), initial=summary.skipped, unit="q", desc="PTS",
+               disable=not progress, dynamic_ncols=True)
+    with JsonlWriter(paths["pivots"]) as pivots, JsonlWriter(paths["pairs"]) as pairs, \
+            JsonlWriter(paths["state"]) as state:
+        for i in range(0, len(todo), batch_questions):
+            batch = todo[i:i + batch_questions]
+            results = search_batch(batch, sampler, oracle, config, stats)
+            for r in results:  # records first, then the state line that marks them complete
+                pivots.write(r.pivots)
+                pairs.write(r.pairs)
+                state.write([{"question_id": r.question_id, "p": r.p, "searched": r.searched,
+                              "solutions": r.solutions, "pivots": len(r.pivots),
+                              "pairs": len(r.pairs),
+                              "oracle_calls": stats.per_question.get(r.question_id, 0),
+                              "error": r.error}])
+                summary.searched += r.searched
+                summary.pivots += len(r.pivots)
+                summary.pairs += len(r.pairs)
+            bar.update(len(batch))
+            bar.set_postfix(pivots=summary.pivots, pairs=summary.pairs,
+                            calls=stats.oracle_calls)
+    bar.close()
+    summary.oracle_calls, summary.seconds = stats.oracle_calls, time.time() - start
+    return summary
+
+
+def false_pivot_report(n: int, p_gap: float) -> str:
+    """The lines the CLI prints: spurious-pivot and detection probabilities for N, p_gap."""
+    lines = [f"false-pivot probability with N={n}, p_gap={p_gap} (true delta 0; "
+             "exact binomial):"]
+    for p in (0.2, 0.5, 0.8):
+        lines.append(f"  p={p:.1f}: {false_pivot_probability(n, p_gap, p):.4f}")
+    lines.append(f"  detection of a true 0.5 -> {min(1.0, 0.5 + 2 * p_gap):.1f} jump: "
+                 f"{false_pivot_probability(n, p_gap, 0.5, min(1.0, 0.5 + 2 * p_gap)):.4f}")
+    return "\n".join(lines)
+
+
+PROG = "python -m phi4_jax.posttrain.pts"
+EXAMPLE = __doc__.split("\n\n")[1].strip()
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The runner's flags; the hyphenated spellings of earlier releases stay as aliases."""
+    ap = cli.parser(prog, __doc__.split("\n\n")[0], example=EXAMPLE)
+    ap.add_argument("--out", required=True, help="output directory (resumable)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--arithmetic", help='comma-separated "a+b" / "a*b" questions')
+    src.add_argument("--questions", help="JSONL file of questions (Question fields)")
+    ap.add_argument("--model", default=None, help="GGUF file (None: SmolLM2-135M-Instruct)")
+    ap.add_argument("--system", default="You are a calculator.", help="system message ('' none)")
+    ap.add_argument(*cli.flag_names("n_samples"), type=int, default=16,
+                    help="rollouts per prefix estimate")
+    ap.add_argument(*cli.flag_names("p_gap"), type=float, default=0.2,
+                    help="|delta p| that makes a token pivotal")
+    ap.add_argument(*cli.flag_names("p_min"), type=float, default=0.2,
+                    help="questions with p(Q) below are not searched")
+    ap.add_argument(*cli.flag_names("p_max"), type=float, default=0.8,
+                    help="questions with p(Q) above are not searched")
+    ap.add_argument("--split", choices=("logprob", "token"), default="logprob",
+                    help="segment split: cumulative log-prob midpoint, or token midpoint")
+    ap.add_argument("--solutions", type=int, default=2, help="solutions searched per question")
+    ap.add_argument(*cli.flag_names("max_new_tokens"), type=int, default=64,
+                    help="rollout length cap")
+    ap.add_argument("--temperature", type=float, default=1.0, help="rollout sampling")
+    ap.add_argument(*cli.flag_names("top_p"), type=float, default=1.0, help="rollout sampling")
+    ap.add_argument(*cli.flag_names("stop_newline"), action="store_true",
+                    help="also stop rollouts at newline")
+    ap.add_argument(*cli.flag_names("batch_questions"), type=int, default=4,
+                    help="questions searched together")
+    ap.add_argument(*cli.flag_names("batch_rows"), type=int, default=64,
+                    help="rows per generate call")
+    ap.add_argument("--seed", type=int, default=0, help="rollout sampling seed")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> RunSummary:
+    """Runs the search the flags describe; a bad flag or question file is a `cli.UsageError`."""
+    args = build_parser(prog).parse_args(argv)
+    if args.questions and not os.path.isfile(args.questions):
+        raise cli.UsageError(f"--questions {args.questions}: no such file")
+    config = PTSConfig(n_samples=args.n_samples, p_gap=args.p_gap, p_min=args.p_min,
+                       p_max=args.p_max, split=args.split, solutions_per_question=args.solutions)
+    print(false_pivot_report(config.n_samples, config.p_gap), flush=True)
+    if args.arithmetic:
+        with cli.user_errors_from(ValueError):
+            questions = arithmetic_questions(args.arithmetic)
+    else:
+        questions, bad = load_questions(args.questions)
+        for msg in bad[:10]:
+            print(f"skipped malformed question: {msg}")
+        print(f"{len(questions)} questions, {len(bad)} malformed lines skipped")
+    kinds = {q.kind for q in questions}
+    if len(kinds) > 1:
+        raise cli.UsageError(f"one oracle kind per run, got {sorted(kinds)}")
+    import phi4_jax
+    from phi4_jax.convert.gguf import GGUFTokenizer, smollm2_path
+    from phi4_jax.inference.sampling import SamplingConfig
+    from phi4_jax.posttrain.sampler import ModelSampler
+
+    path = args.model or smollm2_path()
+    tokenizer = GGUFTokenizer(path)
+    stops = [tokenizer.eos_id]
+    if args.stop_newline:  # "\n" and "\n\n" are distinct tokens in byte-level BPE vocabularies
+        stops += [ids[0] for ids in map(tokenizer.encode, ("\n", "\n\n")) if len(ids) == 1]
+    sampler = ModelSampler(
+        phi4_jax.load_gguf(path, dtype="float32"), tokenizer,
+        max_new_tokens=args.max_new_tokens, stop_tokens=stops, batch_rows=args.batch_rows,
+        sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p),
+        seed=args.seed, tokenizer_name=os.path.basename(path))
+    problems = build_problems(questions, sampler, args.system or None)
+    summary = run(problems, sampler, oracle_for(kinds.pop() if kinds else "math"), config,
+                  args.out, batch_questions=args.batch_questions)
+    print(f"done: {summary}")
+    return summary

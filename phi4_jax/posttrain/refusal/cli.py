@@ -1,0 +1,112 @@
+"""Hallucination-refusal SFT examples and DPO pairs from the command line.
+
+    python -m phi4_jax.posttrain.refusal --input trivia.jsonl --output workdirs/refusal \\
+        --base_url http://localhost:8000/v1 --model phi-4-sft --num_samples 8 \\
+        --teacher_model gpt-4o --teacher_base_url https://api.openai.com/v1 \\
+        --teacher_api_key_env OPENAI_API_KEY
+
+Input: trivia seeds, one JSON object per line, {"id", "question", "answer", "aliases"?}. The
+policy (--model on --base_url, an OpenAI-compatible server) answers each question
+--num_samples times; its accuracy decides what is kept (phi4_jax.posttrain.refusal.data). The
+teacher is --teacher_model (on --teacher_base_url, default --base_url), or without it the
+offline template teacher. Token ids are Phi-4 ChatML (the prompt rendered, each reply's text
+encoded, with <|im_end|> when the reply ended).
+
+Writes to --output: `pairs.jsonl` (phi4_jax.pair/v1, source "refusal", completions cut to
+--truncate tokens: what experiments/phi4_dpo_pts.py and phi4_dpo_judge.py read from
+workdirs/refusal/pairs.jsonl), `sft.jsonl` (phi4_jax.sft/v1: an input of
+`python -m phi4_jax.data.sft`), `estimates.jsonl` (per seed: accuracy and graded replies) and
+`report.json` / `report.txt` (counts, and bad input by reason: malformed seeds, failed policy
+or teacher requests). Each file is written whole, atomically, at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+from phi4_jax import cli
+from phi4_jax.io import BadInputReport
+from phi4_jax.posttrain import remote
+from phi4_jax.posttrain.records import write_records, write_report
+from phi4_jax.posttrain.refusal.data import (
+    REASONS,
+    RefusalConfig,
+    build_refusal_data,
+    estimate_accuracy_served,
+)
+from phi4_jax.posttrain.refusal.seeds import SEED_REASONS, read_seeds
+from phi4_jax.posttrain.refusal.teachers import OpenAITeacher, Teacher, TemplateTeacher
+
+PROG = "python -m phi4_jax.posttrain.refusal"
+_DOC = __doc__.split("\n\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.parser(PROG, "\n\n".join(_DOC[:1] + _DOC[2:]), example=_DOC[1].strip())
+    parser.add_argument("--input", required=True, help="trivia seeds JSONL")
+    parser.add_argument("--output", required=True, help="directory for pairs.jsonl, sft.jsonl")
+    remote.add_server_flags(parser, what="the policy")
+    parser.add_argument("--num_samples", type=int, default=RefusalConfig.samples,
+                        help="policy replies per question (the accuracy estimate)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="policy sampling")
+    parser.add_argument("--max_tokens", type=int, default=256, help="per policy reply")
+    parser.add_argument("--teacher_model", default="",
+                        help="teacher model on the teacher's server ('': template teacher)")
+    remote.add_server_flags(parser, "teacher_", what="the teacher", model=False)
+    parser.add_argument("--teacher_temperature", type=float, default=0.7,
+                        help="teacher sampling temperature")
+    parser.add_argument("--teacher_attempts", type=int, default=2,
+                        help="tries per teacher text (failed or empty)")
+    parser.add_argument("--usually", type=float, default=RefusalConfig.usually,
+                        help="accuracy from which the SFT example answers instead of refusing")
+    parser.add_argument("--truncate", type=int, default=RefusalConfig.truncate,
+                        help="tokens kept of each pair completion")
+    parser.add_argument("--max_workers", type=int, default=8, help="concurrent requests")
+    parser.add_argument("--max_retries", type=int, default=3, help="client retries per request")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument("--tokenizer_name", default="phi4",
+                        help="the pairs' tokenizer field (match the other dpo.pairs files)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not os.path.isfile(args.input):
+        raise cli.UsageError(f"--input {args.input}: no such file")
+    config = RefusalConfig(samples=args.num_samples, usually=args.usually,
+                           truncate=args.truncate)
+    report = BadInputReport(SEED_REASONS | REASONS)
+    seeds, _ = read_seeds(args.input, report)
+    text = remote.Phi4Text(args.tokenizer_name)
+    policy = remote.ChatModel.connect(args.model, base_url=args.base_url,
+                                      api_key_env=args.api_key_env,
+                                      max_retries=args.max_retries, timeout=args.timeout)
+    teacher: Teacher = TemplateTeacher()
+    if args.teacher_model:
+        teacher = OpenAITeacher(
+            args.teacher_model, base_url=args.teacher_base_url or args.base_url,
+            api_key=remote.api_key(args.teacher_api_key_env or args.api_key_env),
+            attempts=args.teacher_attempts, max_retries=args.max_retries,
+            timeout=args.timeout, temperature=args.teacher_temperature)
+    estimates = estimate_accuracy_served(policy, text, seeds, config,
+                                         temperature=args.temperature,
+                                         max_tokens=args.max_tokens,
+                                         max_workers=args.max_workers,
+                                         progress=not args.quiet, report=report,
+                                         source=f"policy {args.model}")
+    sft, pairs, stats = build_refusal_data(estimates, teacher, text, config, report=report,
+                                           source=f"teacher {teacher.name}")
+    write_records(os.path.join(args.output, "pairs.jsonl"), pairs)
+    write_records(os.path.join(args.output, "sft.jsonl"), sft)
+    write_records(os.path.join(args.output, "estimates.jsonl"), [
+        {"id": e.seed.id, "question": e.seed.question, "accuracy": e.accuracy,
+         "replies": [{"text": t, "grade": g} for _, t, g in e.replies]} for e in estimates])
+    counts = {"seeds": len(seeds), "estimated": len(estimates), "sft": len(sft),
+              "pairs": len(pairs)} | dict(sorted(stats.counts.items()))
+    print(write_report(args.output, counts, report, "refusal"))
+    print(f"{len(pairs)} pairs -> {os.path.join(args.output, 'pairs.jsonl')}, "
+          f"{len(sft)} SFT examples -> {os.path.join(args.output, 'sft.jsonl')}")
+    return 0 if pairs or sft else 1
