@@ -11,8 +11,10 @@ KV-cache sampler (phi4_jax.inference.decode), which also returns each token's lo
 
 from __future__ import annotations
 
-import argparse
+import os
 import time
+
+from phi4_jax import cli
 
 QUESTIONS = ("What is the capital of France?",
              "Write a Python function that returns the square of a number.",
@@ -20,16 +22,19 @@ QUESTIONS = ("What is the capital of France?",
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser("python -m launch.demo", __doc__,
+                        example='python -m launch.demo --prompt="What is 12 + 30?"')
     parser.add_argument("--gguf", default=None, help="GGUF file (default: SmolLM2-135M)")
     parser.add_argument("--prompt", action="append", default=None,
                         help="a user message (repeatable; default: three sample questions)")
-    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--max_new_tokens", type=int, default=64, help="tokens per answer")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top_k", type=int, default=0, help="0 = no top-k cut")
+    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus mass (1 = off)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     args = parser.parse_args(argv)
+    if args.gguf is not None and not os.path.isfile(args.gguf):
+        raise cli.UsageError(f"--gguf: no such file {args.gguf}")
 
     import jax
     import numpy as np
@@ -69,4 +74,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run(main)

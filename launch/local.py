@@ -11,60 +11,53 @@ libtpu installed, set JAX_PLATFORMS=cpu to skip the TPU probe.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
 from absl import flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
 import data_mixtures  # noqa: F401 (registers the mixture names that data.mixture may give)
-import experiments
+from launch import exp_flags
+from phi4_jax import cli
+
+PROG = "python -m launch.local"
+USAGE = "--exp=NAME[:ARG] --workdir=DIR [--exp.FIELD=VALUE ...]"
+EXAMPLE = "python -m launch.local --exp=tiny_pretrain --workdir=workdirs/tiny --exp.train.steps=20"
+resolve_exp_flag = exp_flags.resolve_exp_flag
 
 
-def resolve_exp_flag(argv: Sequence[str]) -> list[str]:
-    """Rewrites `--exp=NAME[:ARG]` / `--exp NAME` to the experiment module's file path."""
-    out, args = [], list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg.startswith("--exp="):
-            arg = "--exp=" + experiments.config_path(arg[len("--exp="):])
-        elif arg == "--exp" and i + 1 < len(args):
-            out.append(arg)
-            i += 1
-            arg = experiments.config_path(args[i])
-        out.append(arg)
-        i += 1
-    return out
+def define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("exp", None, "experiment NAME[:ARG] or config file path",
+                                    flag_values=values, sys_argv=list(argv))
+    flags.DEFINE_string("workdir", None, "checkpoints, logs and metrics go here (required)",
+                        flag_values=values)
 
 
 def parse(argv: Sequence[str]) -> tuple[object, str]:
     """(config with overrides applied, workdir) from a command line (argv[0] is the program)."""
-    argv = resolve_exp_flag(argv)
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("exp", None, "experiment NAME[:ARG] or config file path",
-                                    flag_values=values, sys_argv=argv)
-    flags.DEFINE_string("workdir", None, "checkpoints, logs and metrics go here",
-                        flag_values=values)
-    values(argv)
-    if values.exp is None or not values.workdir:
-        raise SystemExit("usage: python -m launch.local --exp=NAME --workdir=DIR "
-                         "[--exp.FIELD=VALUE ...]; experiments: " + ", ".join(experiments.names()))
+    values = exp_flags.parse(argv, prog=PROG, doc=__doc__, usage=USAGE, example=EXAMPLE,
+                             define=define_flags)
+    if not values.workdir:
+        raise cli.UsageError(f"--workdir is required: {PROG} {USAGE}")
     return values.exp, values.workdir
 
 
 def main(argv: Sequence[str] | None = None):
     config, workdir = parse(sys.argv if argv is None else argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("phi4_jax").setLevel(logging.INFO)
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
+    exp_flags.configure_logging()
 
     from phi4_jax.train import loop  # imports jax: after flags, so --help stays fast
 
     return loop.run(config, workdir)
 
 
+def _entry(args: Sequence[str]) -> int:
+    main([sys.argv[0], *args])
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    # A ValueError out of the library is a config it rejected, named by field (loop.build).
+    cli.run(_entry, prog=PROG, user_errors=(ValueError,))

@@ -24,7 +24,6 @@ Every gcloud / xpk command is printed before it runs, through `Runner` (tests sw
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import shlex
 import shutil
@@ -34,11 +33,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-import experiments
-from launch import local
+from launch import exp_flags
+from phi4_jax import cli
 from phi4_jax.sharding.topology import describe
 
 # Cloud TPU software versions per generation (override with --runtime_version).
@@ -53,8 +51,8 @@ _FIT_HINT = ("Try --exp.train.per_device_batch=1, --exp.model.remat=full, more c
              "--plan_batch")
 
 
-class LaunchError(RuntimeError):
-    """A launch step failed; the message says which and what to do."""
+class LaunchError(cli.UsageError):
+    """A launch step failed; the message says which and what to do (one line, exit 2)."""
 
 
 def define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
@@ -67,7 +65,8 @@ def define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
     flags.DEFINE_bool("print_only", False, "print the gcloud / xpk commands, run nothing", **d)
     flags.DEFINE_bool("plan_batch", False, "apply the batch planner's layout for --tpu", **d)
     flags.DEFINE_string("tpu", None, "accelerator type, e.g. v5p-128 (chips x 2 for v4/v5p)", **d)
-    flags.DEFINE_integer("num_slices", 1, "TPU slices (multi-slice: DCN on data)", **d)
+    flags.DEFINE_integer("num_slices", 1, "TPU slices (multi-slice: DCN on data)", lower_bound=1,
+                         **d)
     flags.DEFINE_string("zone", None, "Cloud zone of the TPU", **d)
     flags.DEFINE_string("project", None, "Cloud project (default: gcloud's)", **d)
     flags.DEFINE_string("name", None, "queued resource / TPU / workload name "
@@ -76,8 +75,10 @@ def define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
                         **d)
     flags.DEFINE_bool("spot", False, "request Spot TPUs", **d)
     flags.DEFINE_bool("reserved", False, "use the project's reservation", **d)
-    flags.DEFINE_integer("wait_minutes", 24 * 60, "how long to wait for ACTIVE", **d)
-    flags.DEFINE_float("poll_seconds", 30, "seconds between queued-resource state checks", **d)
+    flags.DEFINE_integer("wait_minutes", 24 * 60, "how long to wait for ACTIVE", lower_bound=0,
+                         **d)
+    flags.DEFINE_float("poll_seconds", 30, "seconds between queued-resource state checks",
+                       lower_bound=0, **d)
     flags.DEFINE_string("repo", None, "git URL the workers clone (default: this checkout's "
                         "origin)", **d)
     flags.DEFINE_string("commit", None, "commit the workers check out (default: HEAD)", **d)
@@ -95,18 +96,16 @@ def define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
     flags.DEFINE_integer("process_id", None, "jax.distributed: this process's index", **d)
 
 
+PROG = "python -m launch.tpu"
+USAGE = ("--exp=NAME[:ARG] [--exp.FIELD=VALUE ...] (--dry_run --tpu=T | --worker --workdir=D | "
+         "--tpu=T --zone=Z --workdir=D | --tpu=T --xpk_cluster=C --workdir=D)")
+EXAMPLE = "python -m launch.tpu --exp=phi4_pretrain --dry_run --tpu=v5p-128"
+
+
 def parse(argv: Sequence[str]) -> flags.FlagValues:
     """Flags (the experiment as `.exp`, overrides applied) from a command line."""
-    argv = local.resolve_exp_flag(argv)
-    values = flags.FlagValues()
-    define_flags(values, argv)
-    values(argv)
-    if values.exp is None:
-        raise SystemExit("usage: python -m launch.tpu --exp=NAME[:ARG] [--exp.FIELD=VALUE ...] "
-                         "(--dry_run --tpu=T | --worker --workdir=D | --tpu=T --zone=Z "
-                         "--workdir=D | --tpu=T --xpk_cluster=C --workdir=D); experiments: "
-                         + ", ".join(experiments.names()))
-    return values
+    return exp_flags.parse(argv, prog=PROG, doc=__doc__, usage=USAGE, example=EXAMPLE,
+                           define=define_flags)
 
 
 def exp_args(argv: Sequence[str]) -> list[str]:
@@ -421,24 +420,24 @@ def dry_run(values: flags.FlagValues):
 
 
 def main(argv: Sequence[str] | None = None, runner: Runner | None = None):
-    argv = list(sys.argv if argv is None else argv)
+    argv = cli.strip_debug(list(sys.argv if argv is None else argv))
     values = parse(argv)
-    try:
-        if values.dry_run:
-            try:
-                return dry_run(values)
-            except ValueError as e:  # a config the mesh or model rejects, named by field
-                raise LaunchError(str(e)) from e
-        if values.worker or (on_tpu_vm() and not values.zone and not values.xpk_cluster):
-            logging.basicConfig(level=logging.WARNING,
-                                format="%(levelname)s %(name)s: %(message)s")
-            logging.getLogger("phi4_jax").setLevel(logging.INFO)
-            absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
-            return worker(values)
-        return workstation(values, argv, runner or Runner(values.print_only))
-    except LaunchError as e:
-        raise SystemExit(f"launch.tpu: {e}") from e
+    if values.dry_run:
+        try:
+            return dry_run(values)
+        except ValueError as e:  # a config the mesh or model rejects, named by field
+            raise LaunchError(str(e)) from e
+    if values.worker or (on_tpu_vm() and not values.zone and not values.xpk_cluster):
+        exp_flags.configure_logging()
+        return worker(values)
+    return workstation(values, argv, runner or Runner(values.print_only))
+
+
+def _entry(args: Sequence[str]) -> int:
+    main([sys.argv[0], *args])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.quiet_library_noise()  # libtpu's metadata probes on a CPU host
+    cli.run(_entry, prog=PROG, user_errors=(ValueError,))

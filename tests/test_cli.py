@@ -69,14 +69,19 @@ def test_entry_points_are_discovered():
 
 
 def test_every_entry_point_answers_help(helps):
+    problems = []
     for module, proc in helps.items():
         out = proc.stdout
-        assert proc.returncode == 0, f"{module} --help exited {proc.returncode}:\n{proc.stderr}"
-        first = next(line for line in out.splitlines() if line.strip())
-        assert first.startswith(f"usage: python -m {module}"), (module, first)
-        assert "example" in out.lower(), f"{module} --help gives no example command"
-        assert "Traceback" not in proc.stderr, (module, proc.stderr)
-        assert "apitools" not in proc.stderr + out, (module, proc.stderr)
+        lines = [line for line in out.splitlines() if line.strip()]
+        if proc.returncode != 0:
+            problems.append(f"{module} --help exited {proc.returncode}: {proc.stderr[-500:]}")
+        elif not lines[0].startswith(f"usage: python -m {module}"):
+            problems.append(f"{module}: usage line {lines[0]!r}")
+        elif "example" not in out.lower():
+            problems.append(f"{module} --help gives no example command")
+        elif "Traceback" in proc.stderr or "apitools" in proc.stderr + out:
+            problems.append(f"{module} --help prints library noise: {proc.stderr[-300:]}")
+    assert not problems, "\n".join(problems)
 
 
 def test_help_lists_flags_with_defaults(helps):
@@ -94,7 +99,7 @@ USER_ERRORS = [
      "unknown experiment 'nope'"),
     (["-m", "launch.local", "--exp=tiny_pretrain"], "--workdir"),
     (["-m", "launch.local", "--exp=tiny_pretrain", "--workdir=/tmp/x",
-      "--exp.train.stepz=3"], 'did you mean "steps"'),
+      "--exp.train.stepz=3"], 'did you mean "train.steps"'),
     (["-m", "launch.local", "--exp=tiny_pretrain", "--workdir=/tmp/x",
       "--exp.train.steps=abc"], "train.steps"),
     (["-m", "launch.local", "--exp=tiny_pretrain", "--workdir=/tmp/x", "--bogus=1"],
@@ -107,7 +112,8 @@ USER_ERRORS = [
       "--source_name=s"], "/nonexistent/*.txt"),
     (["-m", "phi4_jax.posttrain.pts_cli", "--out=/tmp/x", "--questions=/nonexistent.jsonl"],
      "/nonexistent.jsonl"),
-    (["-m", "phi4_jax.data.plan", "--no_such_flag"], "--no_such_flag"),
+    (["-m", "phi4_jax.data.plan", "data_mixtures/phi4_pretrain.py", "--no_such_flag"],
+     "--no_such_flag"),
 ]
 
 

@@ -25,9 +25,10 @@ import dataclasses
 import importlib
 import importlib.util
 import math
+import numbers
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 PACKING_MODES = ("concat", "best_fit")
 _TOLERANCE = 1e-6
@@ -73,33 +74,45 @@ class Mixture:
     description: str = ""
 
     def __post_init__(self):
-        object.__setattr__(self, "sources", tuple(self.sources))
-        object.__setattr__(self, "stages", tuple(self.stages))
-        names = [s.name for s in self.sources]
+        if not isinstance(self.name, str):
+            raise MixtureError(f"mixture name must be a string, got {_shown(self.name)}")
         where = f"mixture {self.name!r}"
+        for field in ("sources", "stages"):
+            value = getattr(self, field)
+            if isinstance(value, str | Mapping) or not isinstance(value, Iterable):
+                raise MixtureError(f"{where}: {field} must be a tuple, got {_shown(value)}")
+            object.__setattr__(self, field, tuple(value))
+        for s in self.sources:
+            _check_source(s, where)
+        names = [s.name for s in self.sources]
         if not names:
             raise MixtureError(f"{where}: no sources")
         if len(set(names)) != len(names):
             raise MixtureError(f"{where}: duplicate source names {names}")
-        for s in self.sources:
-            if s.packing not in PACKING_MODES:
-                raise MixtureError(f"{where}, source {s.name!r}: packing {s.packing!r} not in "
-                                   f"{PACKING_MODES}")
-            if s.unique_tokens is not None and not s.unique_tokens > 0:
-                raise MixtureError(f"{where}, source {s.name!r}: unique_tokens must be > 0")
-            if s.max_epochs is not None and not s.max_epochs > 0:
-                raise MixtureError(f"{where}, source {s.name!r}: max_epochs must be > 0")
+        _number(self.total_tokens, f"{where}: total_tokens")
         if not self.total_tokens > 0:
             raise MixtureError(f"{where}: total_tokens must be > 0")
         if not self.stages:
             raise MixtureError(f"{where}: no stages")
         for k, stage in enumerate(self.stages):
+            if not isinstance(stage, Stage):
+                raise MixtureError(f"{where}, stage {k}: must be a Stage, got {_shown(stage)}")
             label = f"{where}, stage {k} {stage.name!r}"
+            if not isinstance(stage.name, str):
+                raise MixtureError(f"{where}, stage {k}: name must be a string, got "
+                                   f"{_shown(stage.name)}")
+            if not isinstance(stage.weights, Mapping):
+                raise MixtureError(f"{label}: weights must be a mapping of source name -> "
+                                   f"fraction, got {_shown(stage.weights)}")
             unknown = set(stage.weights) - set(names)
             if unknown:
-                raise MixtureError(f"{label}: weights for unknown sources {sorted(unknown)}")
+                raise MixtureError(f"{label}: weights for unknown sources "
+                                   f"{sorted(map(str, unknown))}")
+            for source, w in stage.weights.items():
+                _number(w, f"{label}: weight of source {source!r}")
             if any(not (w >= 0 and math.isfinite(w)) for w in stage.weights.values()):
                 raise MixtureError(f"{label}: weights must be finite and >= 0")
+            _number(stage.fraction, f"{label}: fraction")
             if abs(sum(stage.weights.values()) - 1) > _TOLERANCE:
                 raise MixtureError(f"{label}: weights sum to {sum(stage.weights.values())}, "
                                    "not 1 (they are fractions of the stage's tokens)")
@@ -134,6 +147,37 @@ class Mixture:
 
     def replace(self, **changes) -> Mixture:
         return dataclasses.replace(self, **changes)
+
+
+def _shown(value: object) -> str:
+    return f"{type(value).__name__} {value!r:.40}"
+
+
+def _number(value: object, what: str) -> None:
+    """A finite int or float (not a bool, not a string), else MixtureError naming `what`."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)):
+        raise MixtureError(f"{what} must be a finite number, got {_shown(value)}")
+
+
+def _check_source(s: object, where: str) -> None:
+    """Every field of a Source has its declared type (MixtureError naming source and field)."""
+    if not isinstance(s, Source):
+        raise MixtureError(f"{where}: sources must be Source(...) entries, got {_shown(s)}")
+    label = f"{where}, source {s.name!r}"
+    for field in ("name", "path", "packing"):
+        value = getattr(s, field)
+        if not isinstance(value, str) or not value:
+            raise MixtureError(f"{label}: {field} must be a non-empty string, got "
+                               f"{_shown(value)}")
+    if s.packing not in PACKING_MODES:
+        raise MixtureError(f"{label}: packing {s.packing!r} not in {PACKING_MODES}")
+    for field in ("unique_tokens", "max_epochs"):
+        value = getattr(s, field)
+        if value is not None:
+            _number(value, f"{label}: {field}")
+            if not value > 0:
+                raise MixtureError(f"{label}: {field} must be > 0")
 
 
 MixtureSpec = Mixture | str | Callable[[str], Mixture]
@@ -190,14 +234,20 @@ def load_mixture(spec: MixtureSpec, *, cache_dir: str | None = None) -> Mixture:
     if isinstance(spec, Mixture):
         return spec
     cache_dir = cache_dir or default_cache_dir()
-    if callable(spec):
-        mixture = spec(cache_dir)
-    elif spec in _REGISTRY:
+    if not callable(spec) and spec in _REGISTRY:
         return load_mixture(_REGISTRY[spec], cache_dir=cache_dir)
-    else:
-        module = _module(spec)
-        build = getattr(module, "build_mixture", None)
-        mixture = build(cache_dir) if callable(build) else getattr(module, "MIXTURE", None)
+    try:  # an invalid declaration's error names the file (or module) it is in
+        if callable(spec):
+            mixture = spec(cache_dir)
+        else:
+            module = _module(spec)
+            build = getattr(module, "build_mixture", None)
+            mixture = build(cache_dir) if callable(build) else getattr(module, "MIXTURE", None)
+    except MixtureError as e:
+        origin = spec if isinstance(spec, str) else getattr(spec, "__qualname__", repr(spec))
+        if str(e).startswith((f"{origin}:", "unknown mixture")):
+            raise
+        raise MixtureError(f"{origin}: {e}") from e
     if not isinstance(mixture, Mixture):
         raise MixtureError(f"{spec}: defines no MIXTURE (or build_mixture) giving a "
                            "phi4_jax.data.mixture.Mixture")

@@ -12,13 +12,12 @@ a best-fit source needs 1 / fill more rows for its share of tokens.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 from collections.abc import Mapping
 
 import numpy as np
 
+from phi4_jax import cli
 from phi4_jax.data.mixture import Mixture, MixtureError, load_mixture
 from phi4_jax.data.schedule import DEFAULT_PERIOD, RowSchedule
 
@@ -173,8 +172,9 @@ def format_table(plan: Plan) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m phi4_jax.data.plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m phi4_jax.data.plan", __doc__,
+                        example="python -m phi4_jax.data.plan data_mixtures/phi4_pretrain.py "
+                                "--seq_len=4096 --global_batch=5760")
     parser.add_argument("mixture", help="mixture file (e.g. data_mixtures/phi4_pretrain.py) or "
                                         "dotted module name (data_mixtures.phi4_pretrain)")
     parser.add_argument("--total_tokens", type=float, help="override the mixture's budget")
@@ -187,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mixture = load_mixture(args.mixture)
     except MixtureError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(str(e)) from e
     if args.total_tokens is not None:
         mixture = mixture.replace(total_tokens=args.total_tokens)
     unique, fills = None, None
@@ -202,11 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             plan = token_plan(mixture, unique_tokens=unique)
     except MixturePlanError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(str(e)) from e
     print(plan.table())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -24,7 +24,6 @@ local or mounted path).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import io
@@ -32,22 +31,25 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Sequence
 
-import apache_beam as beam
-import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from phi4_jax import cli
 
-from phi4_jax.data import chat
-from phi4_jax.data.readers import REASONS, ReadOptions, detect_format, read_records
-from phi4_jax.data.store import MANIFEST, Manifest, StoreWriter
-from phi4_jax.data.tokenizer import TOKENIZER_ID, tokenize_documents
-from phi4_jax.io import BadInputReport, atomic_write_bytes
+cli.quiet_library_noise()  # before Beam's import logs "apitools not found"
+
+import apache_beam as beam  # noqa: E402
+import numpy as np  # noqa: E402
+from apache_beam.io.filesystem import CompressionTypes  # noqa: E402
+from apache_beam.io.filesystems import FileSystems  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+from phi4_jax.data import chat, sft  # noqa: E402
+from phi4_jax.data.readers import REASONS, ReadOptions, detect_format, read_records  # noqa: E402
+from phi4_jax.data.store import MANIFEST, Manifest, StoreWriter  # noqa: E402
+from phi4_jax.data.tokenizer import TOKENIZER_ID, tokenize_documents  # noqa: E402
+from phi4_jax.io import BadInputReport, atomic_write_bytes  # noqa: E402
 
 log = logging.getLogger("phi4_jax.prepare")
 
@@ -98,8 +100,12 @@ def _tokenize(config: PrepareConfig, records: list[tuple[str, str, object]],
     if config.read.format == "chat":
         ids, masks = [], []
         for path, where, messages in records:
-            try:
-                tokens, mask = chat.render(messages)
+            try:  # the SFT store builder's validator and cuts: both keep the same turns
+                turns, _ = sft.training_turns(messages)
+                tokens, mask = chat.render(turns)
+            except sft.Skip as e:
+                report.bad(path, "malformed_conversation", where, f"{e.reason}: {e}")
+                continue
             except chat.ChatFormatError as e:
                 report.bad(path, "malformed_conversation", where, str(e))
                 continue
@@ -189,20 +195,37 @@ class TokenizeShards(beam.DoFn):
 
 
 def list_inputs(patterns: Sequence[str]) -> list[str]:
-    """Expands files, directories (recursively, hidden entries skipped) and globs, sorted."""
+    """Expands files, directories (recursively, hidden entries skipped) and globs, sorted.
+
+    A pattern that names nothing (a missing path, a glob matching nothing, a directory without
+    files) or that names a non-regular file itself (FIFO, socket, device) is a `cli.UsageError`
+    naming it. Non-regular files found by a walk or a glob are listed: the reader counts them
+    `unreadable_file` without opening them."""
     files = []
     for pattern in patterns:
         if "://" not in pattern and os.path.isdir(pattern):
+            found = []
             for dirpath, dirnames, filenames in os.walk(pattern):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                files += [os.path.join(dirpath, f) for f in filenames if not f.startswith(".")]
+                found += [os.path.join(dirpath, f) for f in filenames if not f.startswith(".")]
+            if not found:
+                raise cli.UsageError(f"--input {pattern}: the directory holds no input files")
+            files += found
         elif "://" in pattern or any(c in pattern for c in "*?["):
-            matches = FileSystems.match([pattern])[0].metadata_list
+            try:
+                matches = FileSystems.match([pattern])[0].metadata_list
+            except Exception as e:  # Beam wraps every filesystem failure in BeamIOError
+                raise cli.UsageError(f"--input {pattern}: cannot list it ({e})") from e
+            if not matches:
+                raise cli.UsageError(f"--input {pattern}: no files match this pattern")
             files += [m.path for m in matches]
-        elif os.path.exists(pattern):
+        elif os.path.isfile(pattern):
             files.append(pattern)
+        elif os.path.exists(pattern):
+            raise cli.UsageError(f"--input {pattern}: not a regular file (a FIFO, socket or "
+                                 "device is never read)")
         else:
-            raise FileNotFoundError(f"--input {pattern}: no such file or directory")
+            raise cli.UsageError(f"--input {pattern}: no such file or directory")
     return sorted(set(files))
 
 
@@ -232,8 +255,11 @@ def _prepare_key(config: PrepareConfig, shards: list[ShardSpec]) -> str:
                 stats.append([path, meta[0].size_in_bytes if meta else -1,
                               meta[0].last_updated_in_seconds if meta else -1])
             else:
-                st = os.stat(path)
-                stats.append([path, st.st_size, st.st_mtime_ns])
+                try:
+                    st = os.stat(path)
+                    stats.append([path, st.st_size, st.st_mtime_ns])
+                except OSError:  # e.g. a dangling symlink: the reader counts it unreadable
+                    stats.append([path, -1, -1])
     blob = json.dumps([TOKENIZER_ID, dataclasses.asdict(config.read), config.append_eos,
                        config.max_doc_tokens, config.source_name,
                        [list(s.files) for s in shards], stats], sort_keys=True)
@@ -315,9 +341,13 @@ def run(config: PrepareConfig, inputs: Sequence[str], *, files_per_shard: int = 
     return manifest
 
 
+PROG = "python -m phi4_jax.data.prepare"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m phi4_jax.data.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command: user errors (bad flags, an input naming nothing) are `cli.UsageError`s."""
+    parser = cli.parser(PROG, __doc__, example=" ".join(
+        __doc__.split("\n\n")[1].split("\n")[0].split()))
     parser.add_argument("--input", action="append", required=True,
                         help="file, directory or glob (repeatable)")
     parser.add_argument("--output", required=True, help="token store directory")
@@ -358,4 +388,4 @@ if __name__ == "__main__":
     # ShardSpec and TokenizeShards by name.
     from phi4_jax.data import prepare
 
-    sys.exit(prepare.main())
+    cli.run(prepare.main, prog=PROG)

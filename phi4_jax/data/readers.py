@@ -1,10 +1,16 @@
 """Input formats for `prepare`, with bad-input accounting: bad records are counted, never fatal.
 
-Formats (by extension, or forced with `format=`):
-  jsonl    .jsonl / .json / .ndjson, optionally .gz or .zst: one JSON object per line
+Formats (by extension, in any letter case, or forced with `format=`):
+  jsonl    .jsonl / .json / .ndjson, optionally .gz / .zst: one JSON object per line
   parquet  .parquet: one document per row of the text column
   text     .txt / .md / .rst / .text (and any file with format="text"): one document per file
-  chat     JSONL whose `messages` field is a conversation (rendered later by phi4_jax.data.chat)
+  chat     JSONL whose `messages` field is a conversation (checked and rendered by prepare)
+
+Bytes are read through `phi4_jax.io.jsonl`: gzip and zstd are recognised by their magic bytes
+whatever the file is called (so `X.JSONL.GZ`, or gzip data named `.jsonl`, are decompressed),
+lines are split in linear time with a length bound, every JSON parse failure (syntax, nesting,
+a 5,000-digit integer, NaN) is one bad line, and only regular files are opened: a FIFO, socket
+or device is counted `unreadable_file` instead of blocking the job.
 
 Every problem is counted per file and reason (REASONS) with the first location and message, and
 every good record is still yielded: a truncated .gz keeps the lines before the damage.
@@ -13,13 +19,11 @@ every good record is still yielded: a truncated .gz keeps the lines before the d
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 import os
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
+from phi4_jax.io import jsonl
 from phi4_jax.io.bad_input import BadInputReport
 
 REASONS = {
@@ -31,15 +35,15 @@ REASONS = {
     "empty_document": "the text is empty or only whitespace",
     "oversized_document": "longer than max_doc_chars (or max_doc_tokens)",
     "binary_content": "a text file containing NUL bytes",
-    "corrupt_compressed_stream": "a truncated or corrupt .gz/.zst stream (earlier records kept)",
-    "unreadable_file": "the file cannot be opened or parsed",
+    "corrupt_compressed_stream": "a truncated or corrupt gzip/zstd stream (earlier records kept)",
+    "unreadable_file": "the file cannot be opened or parsed, or is not a regular file",
     "missing_column": "the Parquet file has no such column",
     "unsupported_file_type": "an extension no reader handles",
     "malformed_conversation": "a chat record that cannot be rendered",
 }
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
-COMPRESSIONS = (".gz", ".zst")
+COMPRESSIONS = (".gz", ".gzip", ".zst", ".zstd")  # names only: content decides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,73 +71,21 @@ def detect_format(path: str, forced: str = "auto") -> str | None:
 
 
 def open_raw(path: str):
+    """A binary stream of `path`: Beam's filesystems for URLs, else only a regular file (a FIFO,
+    socket or device raises `jsonl.NotRegularFileError`, an OSError, instead of blocking)."""
     if "://" in path:
         from apache_beam.io.filesystem import CompressionTypes  # noqa: PLC0415
         from apache_beam.io.filesystems import FileSystems  # noqa: PLC0415
 
         return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return open(path, "rb")  # noqa: SIM115
-
-
-class TruncatedStream(Exception):
-    """A compressed stream that ends inside a frame."""
-
-
-def _zstd_chunks(raw, size: int) -> Iterator[bytes]:
-    import zstandard  # noqa: PLC0415
-
-    dctx = zstandard.ZstdDecompressor()
-    frame, fed = dctx.decompressobj(), False
-    while buf := raw.read(size):
-        while buf:
-            fed = True
-            yield frame.decompress(buf)
-            if not frame.eof:
-                break
-            buf = frame.unused_data  # the next frame starts here
-            frame, fed = dctx.decompressobj(), False
-    if fed and not frame.eof:
-        raise TruncatedStream("the last zstd frame is incomplete")
+    return jsonl.open_regular(path)
 
 
 def _chunks(path: str, size: int = 1 << 16) -> Iterator[bytes]:
-    """Decompressed bytes of `path` in chunks; raises at the first damage, after yielding
-    everything that decompressed before it."""
+    """Decompressed bytes of `path` in chunks (gzip / zstd recognised by their magic bytes);
+    raises `jsonl.CorruptStreamError` at the first damage, after everything before it."""
     with open_raw(path) as raw:
-        if path.endswith(".gz"):
-            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-                while chunk := stream.read1(size):  # read() would drop data before a failure
-                    yield chunk
-        elif path.endswith(".zst"):
-            yield from _zstd_chunks(raw, size)
-        else:
-            while chunk := raw.read(size):
-                yield chunk
-
-
-def _stream_errors() -> tuple[type[BaseException], ...]:
-    import zstandard  # noqa: PLC0415
-
-    return (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError, TruncatedStream)
-
-
-def _lines(chunks: Iterator[bytes], limit: int) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, line bytes) with bounded memory; None for a line longer than `limit`.
-    A damaged stream raises before its partial last line is yielded."""
-    buf, line_no, skipping = b"", 0, False
-    for chunk in chunks:
-        buf += chunk
-        start = 0
-        while (newline := buf.find(b"\n", start)) >= 0:
-            line, start = buf[start:newline + 1], newline + 1
-            line_no += 1
-            yield line_no, None if skipping or len(line) > limit else line
-            skipping = False
-        buf = buf[start:]
-        if len(buf) > limit:
-            buf, skipping = b"", True
-    if buf or skipping:
-        yield line_no + 1, None if skipping else buf
+        yield from jsonl.decompressed_chunks(raw, size)
 
 
 def _check_text(text: str, path: str, where: str, opts: ReadOptions,
@@ -152,26 +104,19 @@ def _check_text(text: str, path: str, where: str, opts: ReadOptions,
     return True
 
 
+# jsonl.read_lines' reasons -> this reader's
+_LINE_REASONS = {"oversized": "oversized_document"}
+
+
 def _read_jsonl(path: str, opts: ReadOptions, report: BadInputReport, chat: bool):
     limit = 6 * opts.max_doc_chars + 4096
+    lines = jsonl.split_lines(_chunks(path), limit)
     line_no = 0
     try:
-        for line_no, line in _lines(_chunks(path), limit):
+        for line_no, record, error in jsonl.parse_lines(lines, max_line_bytes=limit):
             where = f"line {line_no}"
-            if line is None:
-                report.bad(path, "oversized_document", where, f"line over {limit} bytes")
-                continue
-            if not line.strip():
-                continue  # blank lines (e.g. a trailing newline) are not records
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                report.bad(path, "invalid_utf8", where, str(e))
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                report.bad(path, "malformed_json", where, str(e))
+            if error is not None:
+                report.bad(path, _LINE_REASONS.get(error.reason, error.reason), where, error)
                 continue
             if not isinstance(record, dict):
                 report.bad(path, "not_an_object", where, type(record).__name__)
@@ -186,9 +131,8 @@ def _read_jsonl(path: str, opts: ReadOptions, report: BadInputReport, chat: bool
                            f"{opts.text_field!r} is {type(value).__name__}")
             elif _check_text(value, path, where, opts, report):
                 yield where, value
-    except _stream_errors() as e:
-        report.bad(path, "corrupt_compressed_stream", f"after line {line_no}",
-                   f"{type(e).__name__}: {e}")
+    except jsonl.CorruptStreamError as e:
+        report.bad(path, "corrupt_compressed_stream", f"after line {line_no}", str(e))
 
 
 def _read_parquet(path: str, opts: ReadOptions, report: BadInputReport):
@@ -233,8 +177,8 @@ def _read_text(path: str, opts: ReadOptions, report: BadInputReport):
             size += len(chunk)
             if size > limit:
                 break
-    except _stream_errors() as e:
-        report.bad(path, "corrupt_compressed_stream", "file", f"{type(e).__name__}: {e}")
+    except jsonl.CorruptStreamError as e:
+        report.bad(path, "corrupt_compressed_stream", "file", str(e))
         return
     data = b"".join(parts)
     if len(data) > limit:

@@ -8,7 +8,11 @@ Schema (`SFTExample`, strict `parse_sft`): {"schema": "phi4_jax.sft/v1", "id", "
 hallucination-refusal workflow of post-training writes it.
 
 The store builder is lenient: any object with a `messages` list is read (one whose `schema` is
-set must say sft/v1). Each conversation is rendered with `phi4_jax.data.chat.render`, Phi-4's
+set must say sft/v1). `check_messages` is the one validator of a training conversation: this
+builder, the strict `parse_sft` and `python -m phi4_jax.data.prepare --format chat` all use it
+(and `training_turns`, its cuts), so no path keeps a conversation another rejects. Turns are an
+optional system message, then user and assistant strictly alternating from a user turn. Each
+conversation is rendered with `phi4_jax.data.chat.render`, Phi-4's
 ChatML `<|im_start|>role<|im_sep|>content<|im_end|>`, as it is: no BOS and no end-of-text
 appended. Its loss mask is 1 on assistant content and the closing `<|im_end|>` of each assistant
 turn, 0 on system / user turns and every header. The data engine (data_mixtures/phi4_sft.py:
@@ -17,8 +21,9 @@ targets.
 
 Malformed input is counted per reason in a `BadInputReport`, never fatal. The rule:
 
-    skipped     SKIP_REASONS (invalid_json, not_an_object, bad_schema, missing_messages,
-                bad_message, unknown_role, missing_content, system_not_first,
+    skipped     SKIP_REASONS (invalid_json, invalid_utf8, oversized, corrupt_compressed_stream,
+                not_an_object, bad_schema, missing_messages, bad_message, unknown_role,
+                missing_content, system_not_first, assistant_first, turns_not_alternating,
                 no_assistant_turn, duplicate_id; and too_long / empty_assistant_turn when
                 nothing trainable is left after the cut)
     truncated   empty_assistant_turn: cut after the last assistant turn before the first
@@ -54,7 +59,10 @@ log = logging.getLogger(__name__)
 SFT_SCHEMA = "phi4_jax.sft/v1"
 ROLES = chat.ROLES
 SKIP_REASONS = {
-    "invalid_json": "the line is not JSON",
+    "invalid_json": "the line is not JSON (syntax, nesting depth, number range)",
+    "invalid_utf8": "the line is not UTF-8, or holds a lone surrogate",
+    "oversized": "the line is longer than the reader's bound",
+    "corrupt_compressed_stream": "a truncated or corrupt gzip/zstd file (earlier lines kept)",
     "not_an_object": "the line is not a JSON object",
     "bad_schema": "schema is set and is not phi4_jax.sft/v1",
     "missing_messages": "messages absent, not a list, or empty",
@@ -62,6 +70,8 @@ SKIP_REASONS = {
     "unknown_role": "a role other than system / user / assistant",
     "missing_content": "a message's content is absent or not a string",
     "system_not_first": "a system message after the first",
+    "assistant_first": "the first turn after the system message is the assistant's",
+    "turns_not_alternating": "two user (or two assistant) turns in a row",
     "no_assistant_turn": "no assistant message: nothing to train on",
     "duplicate_id": "an id seen before",
     "empty_assistant_turn": "the first assistant turn is empty",
@@ -97,6 +107,10 @@ def parse_sft(obj: Any, vocab_size: int | None = None) -> SFTExample:
             raise rf.RecordError(f"messages[{i}].role", f"must be one of {ROLES}")
         if not isinstance(m.get("content"), str) or not m["content"].strip():
             raise rf.RecordError(f"messages[{i}].content", "must be a non-empty string")
+    try:
+        check_messages(messages)
+    except Skip as e:
+        raise rf.RecordError("messages", str(e)) from None
     if messages[-1]["role"] != "assistant":
         raise rf.RecordError("messages", "the last message must be the assistant's")
     return SFTExample(id=rf.string(obj, "id"), source=rf.string(obj, "source"),
@@ -146,15 +160,12 @@ class SFTStats:
         return "\n".join(lines + [self.bad.format_text(title="skipped")])
 
 
-def check(obj: Any) -> list[dict[str, str]]:
-    """The conversation's messages, or `Skip` naming the reason."""
-    if not isinstance(obj, dict):
-        raise Skip("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
-    if "schema" in obj and obj["schema"] != SFT_SCHEMA:
-        raise Skip("bad_schema", f"schema {obj['schema']!r:.60} is not {SFT_SCHEMA!r}")
-    messages = obj.get("messages")
+def check_messages(messages: Any) -> list[dict[str, str]]:
+    """The one validator of a training conversation: its {role, content} messages, or `Skip`
+    naming the reason (see the module docstring; empty assistant turns are `training_turns`')."""
     if not isinstance(messages, list) or not messages:
         raise Skip("missing_messages", "messages must be a non-empty list")
+    previous = None
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise Skip("bad_message", f"messages[{i}] is a {type(m).__name__}, not an object")
@@ -162,17 +173,34 @@ def check(obj: Any) -> list[dict[str, str]]:
             raise Skip("unknown_role", f"messages[{i}].role={m.get('role')!r:.40} not in {ROLES}")
         if not isinstance(m.get("content"), str):
             raise Skip("missing_content", f"messages[{i}].content is missing or not a string")
-        if m["role"] == "system" and i:
+        role = m["role"]
+        if role == "system" and i:
             raise Skip("system_not_first", f"messages[{i}] is a system message")
+        if role == "assistant" and previous is None:
+            raise Skip("assistant_first", f"messages[{i}]: the conversation starts with an "
+                                          "assistant turn (the first turn is the user's)")
+        if role == previous:
+            raise Skip("turns_not_alternating", f"messages[{i}]: a second {role} turn in a row")
+        previous = previous if role == "system" else role
     if not any(m["role"] == "assistant" for m in messages):
         raise Skip("no_assistant_turn", "no assistant message: nothing to train on")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def convert(obj: Any, *, max_tokens: int, encoding: Any = None
-            ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(ids, loss mask, truncation reasons) of one conversation under the module's rules."""
-    messages = check(obj)
+def check(obj: Any) -> list[dict[str, str]]:
+    """The conversation's messages of a record, or `Skip` naming the reason."""
+    if not isinstance(obj, dict):
+        raise Skip("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+    if "schema" in obj and obj["schema"] != SFT_SCHEMA:
+        raise Skip("bad_schema", f"schema {obj['schema']!r:.60} is not {SFT_SCHEMA!r}")
+    return check_messages(obj.get("messages"))
+
+
+def training_turns(messages: Any) -> tuple[list[dict[str, str]], list[str]]:
+    """(the turns trained on, the cuts made): `check_messages`, then the cut after the last
+    assistant turn before the first empty one, and the drop of turns after the last assistant
+    turn. `Skip` when nothing trainable is left."""
+    messages = check_messages(messages)
     cuts = []
     empty = [i for i, m in enumerate(messages)
              if m["role"] == "assistant" and not m["content"].strip()]
@@ -186,6 +214,13 @@ def convert(obj: Any, *, max_tokens: int, encoding: Any = None
     if last + 1 < len(messages):
         messages = messages[:last + 1]
         cuts = cuts or ["trailing_turns"]  # after an empty turn's cut: part of that cut
+    return messages, cuts
+
+
+def convert(obj: Any, *, max_tokens: int, encoding: Any = None
+            ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(ids, loss mask, truncation reasons) of one conversation under the module's rules."""
+    messages, cuts = training_turns(check(obj))
     # ChatML is a concatenation of per-message renders, so turns can be cut at their ends.
     pieces = [chat.render([m], encoding=encoding, require_assistant=False) for m in messages]
     ends = np.cumsum([len(ids) for ids, _ in pieces])
@@ -203,6 +238,9 @@ def convert(obj: Any, *, max_tokens: int, encoding: Any = None
     return ids, mask, cuts
 
 
+_LINE_REASONS = {"malformed_json": "invalid_json"}  # jsonl.read_lines' reasons -> SKIP_REASONS
+
+
 def read_conversations(paths: Sequence[str], stats: SFTStats, *, max_tokens: int,
                        encoding: Any = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Rendered (ids, mask) of every usable conversation; the rest is counted in `stats.bad`."""
@@ -216,7 +254,7 @@ def read_conversations(paths: Sequence[str], stats: SFTStats, *, max_tokens: int
             where = f"{path}:{line_no}"
             try:
                 if error is not None:
-                    raise Skip("invalid_json", error)
+                    raise Skip(_LINE_REASONS.get(error.reason, error.reason), error)
                 key = obj.get("id") if isinstance(obj, dict) else None
                 if isinstance(key, str) and key in seen:
                     raise Skip("duplicate_id", f"id {key!r} seen before")
@@ -280,9 +318,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, inputs: Sequence[str]) -> int:
     """Builds the store of `inputs` under the parsed flags; 0 if any conversation was kept."""
-    missing = [p for p in inputs if not os.path.isfile(p)]
-    if missing:
-        raise cli.UsageError(f"--input {missing[0]}: no such file")
+    for path in inputs:
+        if not os.path.exists(path):
+            raise cli.UsageError(f"--input {path}: no such file")
+        if not os.path.isfile(path):
+            raise cli.UsageError(f"--input {path}: not a regular file (a directory, FIFO, "
+                                 "socket or device is never read)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     manifest, stats = build_store(inputs, args.output, max_tokens=args.max_tokens,
                                   source_name=args.source_name)

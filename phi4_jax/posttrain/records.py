@@ -16,10 +16,13 @@ tokens (refusal data, truncated to 5) or a whole reply (judge pairs).
 
 The sft schema belongs to the data engine (`phi4_jax.data.sft`, re-exported here).
 `iter_records` validates every line and counts a malformed one in a `BadInputReport` under the
-field at fault ('invalid JSON', 'duplicate id', 'chosen_ids', ...), with its first
-`path:line: field: problem`, instead of raising. `JsonlWriter` appends records (resumable
-runs); `write_records` replaces a file whole, atomically, and `write_report` writes a
-workflow's report.json / report.txt.
+field at fault ('invalid JSON', 'duplicate id', 'chosen_ids', ...; a line that is not UTF-8,
+too long or cut off by a damaged .gz/.zst: 'invalid_utf8', 'oversized',
+'corrupt_compressed_stream'), with its first `path:line: field: problem`, instead of raising.
+Lines are parsed by `phi4_jax.io.jsonl` (a deeply nested line, a 5,000-digit integer or NaN is
+one 'invalid JSON' line; gzip / zstd files are read by their magic bytes). `JsonlWriter`
+appends records (resumable runs); `write_records` replaces a file whole, atomically, and
+`write_report` writes a workflow's report.json / report.txt.
 """
 
 from __future__ import annotations
@@ -121,6 +124,9 @@ PARSERS = {"pair": parse_pair, "pivot": parse_pivot, "sft": parse_sft}
 
 
 # -- reading and writing ---------------------------------------------------------------------
+_LINE_REASONS = {"malformed_json": "invalid JSON"}  # jsonl.read_lines' reasons -> this report's
+
+
 def iter_records(path: str | os.PathLike, kind: Kind, report: BadInputReport | None = None, *,
                  vocab_size: int | None = None) -> Iterator[Any]:
     """Yields the valid records of a JSONL file; malformed lines go to `report`, not raised."""
@@ -130,8 +136,8 @@ def iter_records(path: str | os.PathLike, kind: Kind, report: BadInputReport | N
     seen: set[str] = set()
     for line_no, obj, error in read_lines(path):
         where = f"{name}:{line_no}"
-        if error:
-            report.bad(name, "invalid JSON", where, error)
+        if error:  # any parse failure (syntax, nesting depth, number range, NaN) is one line
+            report.bad(name, _LINE_REASONS.get(error.reason, error.reason), where, error)
             continue
         try:
             record = parse(obj, vocab_size)

@@ -5,6 +5,7 @@ import pytest
 
 import experiments
 from launch import local
+from phi4_jax import cli
 from phi4_jax.train import objectives
 from phi4_jax.train.config import RunConfig
 
@@ -30,12 +31,12 @@ def test_separate_argument_form_and_arg_string():
 
 
 def test_unknown_experiment_and_field_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match="unknown experiment 'nope'"):
+    with pytest.raises(cli.UsageError, match="unknown experiment 'nope'"):
         local.parse(["prog", "--exp=nope", f"--workdir={tmp_path}"])
-    with pytest.raises(Exception, match="stepz"):
+    with pytest.raises(cli.UsageError, match='no field .stepz.; did you mean "train.steps"'):
         local.parse(["prog", "--exp=tiny_pretrain", f"--workdir={tmp_path}",
                      "--exp.train.stepz=3"])
-    with pytest.raises(SystemExit, match="usage"):
+    with pytest.raises(cli.UsageError, match="--workdir is required"):
         local.parse(["prog", "--exp=tiny_pretrain"])
 
 

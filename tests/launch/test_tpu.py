@@ -106,7 +106,7 @@ def test_reuses_an_active_queued_resource_and_reports_failure():
     runner = Recorder(states=["ACTIVE", "ACTIVE"])
     tpu.main(BASE + ["--zone=z", "--poll_seconds=0"], runner=runner)
     assert [c[4] for c in runner.commands] == ["describe", "describe", "ssh"]
-    with pytest.raises(SystemExit, match="queued resource phi4-pretrain is FAILED"):
+    with pytest.raises(tpu.LaunchError, match="queued resource phi4-pretrain is FAILED"):
         tpu.main(BASE + ["--zone=z", "--poll_seconds=0"],
                  runner=Recorder(states=[None, "WAITING_FOR_RESOURCES", "FAILED"]))
 
@@ -114,11 +114,11 @@ def test_reuses_an_active_queued_resource_and_reports_failure():
 def test_missing_binary_and_missing_flags_are_explained():
     with pytest.raises(tpu.LaunchError, match="not installed.*--print_only"):
         tpu.Runner()(["phi4-no-such-binary", "--version"])
-    with pytest.raises(SystemExit, match="--zone is required"):
+    with pytest.raises(tpu.LaunchError, match="--zone is required"):
         tpu.main(BASE, runner=Recorder())
-    with pytest.raises(SystemExit, match="--dry_run needs --tpu"):
+    with pytest.raises(tpu.LaunchError, match="--dry_run needs --tpu"):
         tpu.main(["prog", "--exp=phi4_pretrain:smoke", "--dry_run"])
-    with pytest.raises(SystemExit, match="usage"):
+    with pytest.raises(tpu.cli.UsageError, match="--exp is required"):
         tpu.main(["prog", "--dry_run"])
 
 
@@ -176,7 +176,7 @@ def test_dry_run_prints_the_report_and_fails_when_it_does_not_fit(capsys, tmp_pa
     assert any("compile time" in x for x in lines) and any("model FLOPs" in x for x in lines)
     assert json.loads((tmp_path / "config.json").read_text())["name"] == "phi4_pretrain"
     # 64 x 16K rows on one 16 GiB chip: the TPU compiler itself runs out of HBM.
-    with pytest.raises(SystemExit, match="does not fit on v5litepod-1.*out of memory"):
+    with pytest.raises(tpu.LaunchError, match="does not fit on v5litepod-1.*out of memory"):
         tpu.main(["prog", "--exp=phi4_pretrain:smoke", "--dry_run", "--tpu=v5litepod-1",
                   "--exp.train.global_batch=64", "--exp.data.seq_len=16384"])
 
@@ -188,7 +188,7 @@ def test_dry_run_applies_the_batch_plan(capsys):
     FSDP; the planner's layout (tensor=2 x fsdp=32) does, and compiles."""
     argv = ["prog", "--exp=phi4_midtrain:smoke", "--exp.train.global_batch=1440",
             "--exp.data.seq_len=128", "--dry_run", "--tpu=v5p-128"]
-    with pytest.raises(SystemExit, match=r"1440 rows per micro-batch do not split"):
+    with pytest.raises(tpu.LaunchError, match=r"1440 rows per micro-batch do not split"):
         tpu.main(argv)
     tpu.main(argv + ["--plan_batch"])
     lines = capsys.readouterr().out.strip().splitlines()
@@ -198,7 +198,7 @@ def test_dry_run_applies_the_batch_plan(capsys):
 
 def test_a_config_the_topology_rejects_fails_before_any_tpu_is_requested():
     runner = Recorder(print_only=True)
-    with pytest.raises(SystemExit, match=r"phi4_pretrain on v5p-128: train\.per_device_batch=7"):
+    with pytest.raises(tpu.LaunchError, match=r"phi4_pretrain on v5p-128: train\.per_device_batch=7"):
         tpu.main(BASE + ["--zone=z", "--exp.train.per_device_batch=7", "--print_only"],
                  runner=runner)
     assert runner.commands == []

@@ -4,8 +4,9 @@ A backend is any OpenAI-compatible server (`OpenAIBackend`, over `phi4_jax.postt
 whose client retries 408/409/429/5xx and connection errors itself) or this project's model
 in-process (`ModelBackend`, over a `Sampler`). `judge` re-asks on an invalid reply, telling the
 judge what was wrong, and raises `JudgeError` listing every attempt; `judge_all` runs many in a
-thread pool with a progress bar and counts the failures in a `BadInputReport` instead (reason
-'no_valid_judgement', its first location `item id candidate j: errors`).
+thread pool with a progress bar and counts the failures in a `BadInputReport` instead (reasons
+JUDGE_REASONS, the first location of each `item id candidate j: errors`): one bad reply --
+oversized, NaN scores, no JSON -- costs its candidate only, never the good judgements.
 """
 
 from __future__ import annotations
@@ -43,10 +44,19 @@ class JudgeTransportError(RuntimeError):
 class JudgeError(RuntimeError):
     """No valid judgement after all attempts; `errors` has one entry per attempt."""
 
-    def __init__(self, errors: list[str]):
+    def __init__(self, errors: list[str], reasons: list[str] | None = None):
         super().__init__(f"no valid judgement after {len(errors)} attempts: "
                          + " | ".join(f"attempt {i + 1}: {e}" for i, e in enumerate(errors)))
         self.errors = errors
+        self.reasons = reasons if reasons is not None else ["invalid"] * len(errors)
+
+    @property
+    def reason(self) -> str:
+        """'oversized' when every attempt's reply was too long to scan, else
+        'no_valid_judgement' (the JUDGE_REASONS it is counted under)."""
+        if self.reasons and all(r == "oversized" for r in self.reasons):
+            return "oversized"
+        return "no_valid_judgement"
 
 
 class OpenAIBackend:
@@ -90,24 +100,32 @@ def judge(backend: JudgeBackend, prompt: str, reply: str, *, reference: str | No
     """One judgement; an invalid reply is answered with the error and asked again."""
     messages = judge_messages(prompt, reply, reference)
     errors: list[str] = []
+    reasons: list[str] = []
     for _ in range(attempts):
         try:
             text = backend.complete(messages)
         except JudgeTransportError as e:
             errors.append(str(e))
+            reasons.append("transport")
             continue
         try:
             return parse_judgement(text)
         except JudgeParseError as e:
             errors.append(str(e))
+            reasons.append(e.reason)
+            shown = text if e.reason != "oversized" else text[:2000] + " [...]"
             messages = messages + [
-                {"role": "assistant", "content": text},
+                {"role": "assistant", "content": shown},
                 {"role": "user", "content": f"That reply was not valid ({e}). Reply again "
                                             "with only the JSON object described."}]
-    raise JudgeError(errors)
+    raise JudgeError(errors, reasons)
 
 
-JUDGE_REASONS = {"no_valid_judgement": "the judge gave no valid judgement in all attempts"}
+JUDGE_REASONS = {
+    "no_valid_judgement": "the judge gave no valid judgement in all attempts",
+    "oversized": "every judge reply was longer than the scanned maximum (MAX_REPLY_CHARS)",
+    "judge_failed": "judging raised an unexpected error (its type and message are shown)",
+}
 
 
 def judge_all(backend: JudgeBackend, items: Sequence[JudgeItem], *, attempts: int = 3,
@@ -115,7 +133,8 @@ def judge_all(backend: JudgeBackend, items: Sequence[JudgeItem], *, attempts: in
               report: BadInputReport | None = None
               ) -> tuple[list[list[Judgement | None]], BadInputReport]:
     """Judges every candidate of every item (thread pool). A judged candidate is counted ok
-    under `source` in the report, a failed one as 'no_valid_judgement' (its judgement None)."""
+    under `source` in the report, a failed one (its judgement None) under its JUDGE_REASONS
+    reason: 'no_valid_judgement', 'oversized', or 'judge_failed' for an unexpected error."""
     from tqdm.auto import tqdm
 
     jobs = [(i, j) for i, item in enumerate(items) for j in range(len(item.candidates))]
@@ -131,10 +150,13 @@ def judge_all(backend: JudgeBackend, items: Sequence[JudgeItem], *, attempts: in
     with ThreadPoolExecutor(max_workers=max_workers) as pool, tqdm(
             total=len(jobs), unit="reply", desc="judge", disable=not progress) as bar:
         for (i, j), fut in [(job, pool.submit(one, job)) for job in jobs]:
+            where = f"{items[i].id} candidate {j}"
             try:
                 out[i][j] = fut.result()
                 report.ok(source)
             except JudgeError as e:
-                report.bad(source, "no_valid_judgement", f"{items[i].id} candidate {j}", str(e))
+                report.bad(source, e.reason, where, str(e))
+            except Exception as e:  # noqa: BLE001 -- one candidate's failure, not the run's
+                report.bad(source, "judge_failed", where, f"{type(e).__name__}: {e}")
             bar.update()
     return out, report

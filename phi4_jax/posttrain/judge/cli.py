@@ -36,7 +36,10 @@ from phi4_jax.posttrain.judge.pairs import Candidate, JudgeItem, PairStats, buil
 from phi4_jax.posttrain.records import write_records, write_report
 
 REASONS = JUDGE_REASONS | {
-    "malformed_json": "a prompts line is not JSON",
+    "malformed_json": "a prompts line is not JSON (syntax, nesting depth, number range)",
+    "invalid_utf8": "a prompts line is not UTF-8, or holds a lone surrogate",
+    "oversized": "a prompts line over the line bound, or judge replies over MAX_REPLY_CHARS",
+    "corrupt_compressed_stream": "the prompts file is a truncated or corrupt gzip/zstd stream",
     "not_an_object": "a prompts line is not a JSON object",
     "missing_field": "id or prompt absent or not a non-empty string",
     "bad_field": "reference or replies of the wrong type",
@@ -63,8 +66,7 @@ def read_prompts(path: str, report: BadInputReport) -> list[PromptSpec]:
     for line_no, obj, error in read_objects(path):
         where = f"{path}:{line_no}"
         if error:
-            report.bad(path, "not_an_object" if error == "not a JSON object"
-                       else "malformed_json", where, error)
+            report.bad(path, error.reason, where, error)
             continue
         if not all(isinstance(obj.get(k), str) and obj[k].strip() for k in ("id", "prompt")):
             report.bad(path, "missing_field", where, "id and prompt must be non-empty strings")
@@ -150,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not os.path.isfile(args.input):
-        raise cli.UsageError(f"--input {args.input}: no such file")
+        raise cli.UsageError(f"--input {args.input}: no such file" if not os.path.exists(
+            args.input) else f"--input {args.input}: not a regular file")
     text = remote.Phi4Text(args.tokenizer_name)
     report = BadInputReport(REASONS)
     specs = read_prompts(args.input, report)

@@ -3,15 +3,21 @@
 The judge reviews one reply to a request and answers JSON: a list of faults, each typed
 comprehension / logical / factual / stylistic, and 1-5 scores for accuracy, style and detail
 (Phi-4 report, DPO round 2). `parse_judgement` finds that object in a bare, fenced or
-prose-wrapped reply and raises `JudgeParseError` naming the field at fault.
+prose-wrapped reply and raises `JudgeParseError` naming the field at fault -- and only that,
+whatever the reply: the scan for the object is one linear pass over at most `max_chars`
+characters (a longer reply is a JudgeParseError with reason 'oversized'), JSON is parsed by
+`phi4_jax.io.jsonl.loads` (NaN, Infinity, 1e999, deep nesting and 5,000-digit integers are
+parse failures), and a score must be a finite integer 1-5.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import re
 from typing import Any
+
+from phi4_jax.io import jsonl
 
 FAULT_TYPES = ("comprehension", "logical", "factual", "stylistic")
 SCORES = ("accuracy", "style", "detail")
@@ -43,8 +49,17 @@ def judge_messages(prompt: str, reply: str, reference: str | None = None
             {"role": "user", "content": "\n\n".join(parts)}]
 
 
+MAX_REPLY_CHARS = 100_000  # a judge reply longer than this is refused unread ('oversized')
+MAX_CANDIDATES = 16  # JSON parses tried per reply (whole text, fenced blocks, {...} spans)
+
+
 class JudgeParseError(ValueError):
-    """The judge's reply is not a valid judgement; the message names the field."""
+    """The judge's reply is not a valid judgement; the message names the field. `reason`:
+    'oversized' (longer than max_chars) or 'invalid'."""
+
+    def __init__(self, message: str, reason: str = "invalid"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,46 +84,83 @@ class Judgement:
                 "scores": {k: getattr(self, k) for k in SCORES}}
 
 
-def _json_object(text: str) -> Any:
-    """The first JSON object in text (whole text, a fenced block, or a balanced {...} span)."""
-    candidates = [text.strip()]
-    candidates += re.findall(r"```(?:json)?\s*(.*?)```", text, re.S)
-    start = text.find("{")
-    while start != -1:
-        depth, in_str, esc = 0, False, False
-        for i in range(start, len(text)):
-            ch = text[i]
-            if in_str:
-                esc, in_str = (False, in_str) if esc else (ch == "\\", ch != '"')
+_SCAN = re.compile(r'[{}"\\]')
+
+
+def _fenced_blocks(text: str, limit: int) -> list[str]:
+    """The contents of up to `limit` ```-fenced blocks (an optional `json` tag dropped)."""
+    blocks, start = [], text.find("```")
+    while start >= 0 and len(blocks) < limit:
+        end = text.find("```", start + 3)
+        if end < 0:
+            break
+        body = text[start + 3:end]
+        blocks.append(body[4:] if body.startswith("json") else body)
+        start = text.find("```", end + 3)
+    return blocks
+
+
+def _brace_spans(text: str) -> list[tuple[int, int, int]]:
+    """(depth, start, end) of every balanced {...} span, in one pass (linear in len(text)):
+    strings are respected inside braces; outside every brace quotes are prose."""
+    spans: list[tuple[int, int, int]] = []
+    stack: list[int] = []
+    in_str, skip = False, -1
+    for m in _SCAN.finditer(text):
+        i, ch = m.start(), m.group()
+        if i == skip:
+            continue
+        if in_str:
+            if ch == "\\":
+                skip = i + 1  # the escaped character
             elif ch == '"':
-                in_str = True
-            elif ch in "{}":
-                depth += 1 if ch == "{" else -1
-                if depth == 0:
-                    candidates.append(text[start:i + 1])
-                    break
-        start = text.find("{", start + 1)
+                in_str = False
+        elif ch == "{":
+            stack.append(i)
+        elif not stack:
+            continue
+        elif ch == '"':
+            in_str = True
+        elif ch == "}":
+            spans.append((len(stack) - 1, stack.pop(), i + 1))
+    return spans
+
+
+def _json_object(text: str, max_chars: int = MAX_REPLY_CHARS) -> Any:
+    """The first JSON value among: the whole text, its fenced blocks, its balanced {...} spans
+    (outermost first). At most MAX_CANDIDATES parses; `JudgeParseError` when none parses."""
+    if not isinstance(text, str):
+        raise JudgeParseError(f"the reply is a {type(text).__name__}, not text")
+    if len(text) > max_chars:
+        raise JudgeParseError(f"the reply has {len(text)} characters, over the {max_chars} "
+                              "scanned for a judgement", reason="oversized")
+    candidates = [text.strip(), *_fenced_blocks(text, MAX_CANDIDATES - 1)]
+    if len(candidates) < MAX_CANDIDATES:
+        spans = sorted(_brace_spans(text))
+        candidates += [text[a:b] for _, a, b in spans[:MAX_CANDIDATES - len(candidates)]]
     for c in candidates:
         try:
-            return json.loads(c)
-        except json.JSONDecodeError:
+            return jsonl.loads(c)
+        except jsonl.JSONError:
             continue
     raise JudgeParseError(f"no JSON object in the reply: {text[:120]!r}")
 
 
 def _score(value: Any, field: str) -> int:
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+(\.0+)?\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{1,3}(\.0+)?\s*", value):
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or (isinstance(value, float) and not math.isfinite(value)) or value != int(value)):
         raise JudgeParseError(f"{field}: expected an integer 1-5, got {value!r:.40}")
     if not 1 <= value <= 5:
         raise JudgeParseError(f"{field}: {value!r} is outside 1-5")
     return int(value)
 
 
-def parse_judgement(text: str) -> Judgement:
-    """Parses and validates a judge reply; raises `JudgeParseError` naming the bad field."""
-    obj = _json_object(text)
+def parse_judgement(text: str, *, max_chars: int = MAX_REPLY_CHARS) -> Judgement:
+    """Parses and validates a judge reply; raises `JudgeParseError` naming the bad field (and
+    nothing else, for any reply)."""
+    obj = _json_object(text, max_chars)
     if not isinstance(obj, dict):
         raise JudgeParseError(f"expected a JSON object, got {type(obj).__name__}")
     scores = obj.get("scores", {k: obj[k] for k in SCORES if k in obj})

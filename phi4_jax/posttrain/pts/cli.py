@@ -58,7 +58,9 @@ def arithmetic_questions(spec: str) -> list[Question]:
 
 
 def load_questions(path: str) -> tuple[list[Question], list[str]]:
-    """Questions from JSONL (Question's fields); malformed lines are reported, not fatal."""
+    """Questions from JSONL (Question's fields; `choices` a list of strings); malformed lines
+    (any parse failure of `phi4_jax.io.jsonl`, or a field of the wrong type) are reported as
+    `path:line: problem`, not fatal."""
     fields = {f.name for f in dataclasses.fields(Question)}
     questions, problems, seen = [], [], set()
     for line_no, obj, error in read_objects(path):
@@ -68,8 +70,14 @@ def load_questions(path: str) -> tuple[list[Question], list[str]]:
             unknown = set(obj) - fields
             if unknown:
                 raise ValueError(f"unknown fields {sorted(unknown)}")
-            if "choices" in obj:
+            if "choices" in obj:  # a string would be split into letters: require a list
+                if not isinstance(obj["choices"], list) or not all(
+                        isinstance(c, str) for c in obj["choices"]):
+                    raise ValueError(f"choices must be a list of strings, got "
+                                     f"{type(obj['choices']).__name__}")
                 obj["choices"] = tuple(obj["choices"])
+            if not isinstance(obj.get("meta", {}), dict):
+                raise ValueError("meta must be an object")
             q = Question(**obj)
             if not isinstance(q.id, str) or not q.id or q.id in seen:
                 raise ValueError(f"id {q.id!r} is empty, not a string or a duplicate")
@@ -80,9 +88,8 @@ def load_questions(path: str) -> tuple[list[Question], list[str]]:
                     raise ValueError(f"{name} must be a string")
             if q.kind not in ORACLES:
                 raise ValueError(f"kind {q.kind!r} is not one of {sorted(ORACLES)}")
-            if not all(isinstance(c, str) for c in q.choices) or not isinstance(
-                    q.entry_point, str | None):
-                raise ValueError("choices must be strings and entry_point a string")
+            if not isinstance(q.entry_point, str | None):
+                raise ValueError("entry_point must be a string")
         except (ValueError, TypeError) as e:
             problems.append(f"{path}:{line_no}: {e}")
             continue
@@ -251,7 +258,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> RunSummary:
     """Runs the search the flags describe; a bad flag or question file is a `cli.UsageError`."""
     args = build_parser(prog).parse_args(argv)
     if args.questions and not os.path.isfile(args.questions):
-        raise cli.UsageError(f"--questions {args.questions}: no such file")
+        raise cli.UsageError(f"--questions {args.questions}: " + (
+            "not a regular file" if os.path.exists(args.questions) else "no such file"))
     config = PTSConfig(n_samples=args.n_samples, p_gap=args.p_gap, p_min=args.p_min,
                        p_max=args.p_max, split=args.split, solutions_per_question=args.solutions)
     print(false_pivot_report(config.n_samples, config.p_gap), flush=True)

@@ -31,17 +31,18 @@ index.
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import collections
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from phi4_jax import cli
 from phi4_jax.data.row_layout import best_fit, name_key
 from phi4_jax.io.bad_input import BadInputReport
 from phi4_jax.posttrain.records import iter_records
@@ -266,18 +267,25 @@ def describe(pairs: PairSet, rows: list[np.ndarray], seq_len: int, global_batch:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m phi4_jax.train.dpo.batches",
-                                     description="rows, pairs per row and steps per epoch of a "
-                                                 "DPO pair set")
+    parser = cli.parser("python -m phi4_jax.train.dpo.batches",
+                        "Rows, pairs per row and steps per epoch of a DPO pair set.",
+                        example="python -m phi4_jax.train.dpo.batches plan "
+                                "--pairs=workdirs/pts/pairs.jsonl --seq_len=4096 "
+                                "--global_batch=64")
     sub = parser.add_subparsers(dest="command", required=True)
-    plan = sub.add_parser("plan", help="rows, pairs per row and steps per epoch of a pair set")
+    plan = sub.add_parser("plan", help="rows, pairs per row and steps per epoch of a pair set",
+                          formatter_class=parser.formatter_class)
     plan.add_argument("--pairs", required=True, help="JSONL file(s), comma-separated")
-    plan.add_argument("--seq_len", type=int, default=4096)
-    plan.add_argument("--global_batch", type=int, default=64)
-    plan.add_argument("--max_pairs_per_row", type=int, default=16)
-    plan.add_argument("--vocab_size", type=int, default=None)
-    plan.add_argument("--epochs", type=float, default=1.0)
+    plan.add_argument("--seq_len", type=int, default=4096, help="tokens per row")
+    plan.add_argument("--global_batch", type=int, default=64, help="rows per step")
+    plan.add_argument("--max_pairs_per_row", type=int, default=16, help="packing bound")
+    plan.add_argument("--vocab_size", type=int, default=None,
+                      help="reject pairs with ids at or above this")
+    plan.add_argument("--epochs", type=float, default=1.0, help="epochs to size train.steps for")
     args = parser.parse_args(argv)
+    missing = [p for p in args.pairs.split(",") if not os.path.isfile(p)]
+    if missing:
+        raise cli.UsageError(f"--pairs: no such file {', '.join(missing)}")
     pairs = load_pairs(args.pairs, vocab_size=args.vocab_size, seq_len=args.seq_len)
     print(json.dumps(pairs.report, indent=2))
     rows = layout(pairs, seq_len=args.seq_len, max_pairs_per_row=args.max_pairs_per_row)
@@ -287,4 +295,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
