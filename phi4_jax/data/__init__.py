@@ -4,6 +4,9 @@ multi-host sharding and exact resume. See docs/data.md.
 Modules (imported explicitly; this package imports nothing heavy on its own):
   tokenizer   phi4_encoding() and the special-token table
   chat        ChatML rendering with per-token loss masks
+  sft         SFT conversations: schema, validation, the store builder (python -m
+              phi4_jax.data.sft)
+  record_fields  typed field checks shared by record schemas (RecordError names the field)
   readers     input formats (JSONL .gz/.zst, Parquet, text trees) with bad-input accounting
   arithmetic  generated word problems with worked solutions (embedded "synthetic" role)
   prepare     the Apache Beam job that writes token stores (python -m phi4_jax.data.prepare)
