@@ -8,6 +8,11 @@ onto `targets` (batch loss_mask[t] = mask of the token at t + 1).
 
 Message text is encoded as ordinary text: a literal "<|im_end|>" inside content can never close
 a turn. Malformed conversations raise `ChatFormatError` naming the message and field.
+
+`validate` checks only what rendering needs. Whether a conversation is fit to train on (turn
+order: user first, then strictly alternating; no empty assistant turn) is decided by one
+validator, `phi4_jax.data.sft.check_messages` / `training_turns`, which both the SFT store
+builder and `prepare --format chat` call before rendering.
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ turns it into epochs per source and `phi4_jax.data.pipeline` into batches. Examp
                 Stage({"web": 0.5, "code": 0.5}, fraction=0.2)))  # weights change at 80%
 
 Fractions are shares of the token budget (not of documents or rows). Relative store paths
-resolve against the `data_root` given at build time.
+resolve against the `data_root` given at build time. Every field is type-checked when the
+Mixture is built (a string weight, a string or NaN `unique_tokens`, a bool `max_epochs` ...):
+`MixtureError` names the source or stage and the field, and `load_mixture` prefixes the file
+(or module) the declaration came from.
 
 `load_mixture(spec)` takes a Mixture, a mixture file path, a dotted module name or a name
 registered with `register_mixture`. This library registers no names itself: the package that

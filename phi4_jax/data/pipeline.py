@@ -14,8 +14,11 @@ with Grain's thread prefetch. Its state (`get_state()`) is JSON: {"version", "st
 run may resume with a different number of hosts (the training checkpoint,
 phi4_jax/train/checkpoint.py, accepts that when every host saved the same state; the global
 batch must divide over the new host count). `set_state` checks the plan and every store's
-content fingerprint and names the source that changed. Grain's own
-`grain.checkpoint.CheckpointSave(it)` handler also works.
+content fingerprint, then verifies the offsets and RESUME_SAMPLE_CHUNKS chunks of every store
+against the checksums in its manifest (a store rewritten in place, manifest untouched; see
+phi4_jax/data/store.py), and names the source that changed. Grain's own
+`grain.checkpoint.CheckpointSave(it)` handler also works. With `vocab_size=` (the model's),
+opening a store whose largest token id is outside the vocabulary fails, naming the store.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from phi4_jax.data.mixture import Mixture, load_mixture
 from phi4_jax.data.packing import empty_batch, fill_rows
 from phi4_jax.data.plan import Plan, row_plan
 from phi4_jax.data.row_layout import make_layout
-from phi4_jax.data.store import TokenStore
+from phi4_jax.data.store import StoreError, TokenStore
 
 STATE_VERSION = 1
+RESUME_SAMPLE_CHUNKS = 8  # chunks per store checked at restore (16 MiB of tokens each)
 log = logging.getLogger(__name__)
 
 
@@ -47,14 +51,14 @@ class MixtureData:
 
     def __init__(self, mixture: Mixture, *, seq_len: int, global_batch_size: int,
                  num_steps: int | None = None, seed: int = 0, data_root: str | None = None,
-                 best_fit_window: int = 2048):
+                 best_fit_window: int = 2048, vocab_size: int | None = None):
         self.mixture = load_mixture(mixture).resolve(data_root)
         self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
         self.best_fit_window = best_fit_window
         self.stores: list[TokenStore] = []
         self.layouts = []
         for s in self.mixture.sources:
-            store = TokenStore(s.path)
+            store = TokenStore(s.path, vocab_size=vocab_size)
             if s.unique_tokens and abs(store.num_tokens / s.unique_tokens - 1) > 0.01:
                 log.warning("source %r: store %s has %d tokens, the mixture declares %.4g; "
                             "planning with the store's count", s.name, s.path,
@@ -180,19 +184,27 @@ def check_state(data: MixtureData, state: dict[str, Any]) -> None:
         diffs = [f"{k}: checkpoint {state['plan'].get(k)!r} != now {v!r}"
                  for k, v in summary.items() if state.get("plan", {}).get(k) != v]
         raise DataStateError("the data plan differs from the checkpoint's: " + "; ".join(diffs))
+    for name, store in zip(data.mixture.source_names, data.stores):
+        try:  # same manifest, but rewritten in place? (bounded: RESUME_SAMPLE_CHUNKS chunks)
+            store.verify_chunks(sample=RESUME_SAMPLE_CHUNKS)
+        except StoreError as e:
+            raise DataStateError(f"source {name!r}: {e}; its manifest (fingerprint "
+                                 f"{store.fingerprint}) no longer describes the data: restore "
+                                 "with the original store or start a fresh data stream") from e
 
 
 def build_iterator(mixture: Mixture | str, *, seq_len: int, global_batch_size: int,
                    num_steps: int | None = None, seed: int = 0, data_root: str | None = None,
                    process_index: int | None = None, process_count: int | None = None,
                    num_threads: int = 2, prefetch: int = 4, provenance: bool = False,
-                   best_fit_window: int = 2048) -> DataIterator:
+                   best_fit_window: int = 2048, vocab_size: int | None = None) -> DataIterator:
     """This host's checkpointable iterator of batches (see the module docstring).
 
     mixture: a Mixture, a mixture file path or module name. num_steps: the training length
     (default: the mixture's total_tokens / (global_batch_size x seq_len)); epochs per source
     follow from it and `max_epochs` is enforced. process_index / process_count default to
-    jax.process_index() / jax.process_count().
+    jax.process_index() / jax.process_count(). vocab_size: the model's; a store holding a
+    token id >= vocab_size is refused at open (StoreError naming it).
     """
     if process_index is None or process_count is None:
         import jax  # noqa: PLC0415 (only when the caller does not say which host this is)
@@ -206,23 +218,26 @@ def build_iterator(mixture: Mixture | str, *, seq_len: int, global_batch_size: i
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     data = MixtureData(mixture, seq_len=seq_len, global_batch_size=global_batch_size,
                        num_steps=num_steps, seed=seed, data_root=data_root,
-                       best_fit_window=best_fit_window)
+                       best_fit_window=best_fit_window, vocab_size=vocab_size)
     return DataIterator(data, process_index, process_count, num_threads=num_threads,
                         prefetch=prefetch, provenance=provenance)
 
 
 def build_from_config(data: Any, *, global_batch_size: int, num_steps: int | None = None,
                       process_index: int | None = None,
-                      process_count: int | None = None) -> DataIterator:
+                      process_count: int | None = None,
+                      vocab_size: int | None = None) -> DataIterator:
     """build_iterator for a run's typed `data` section (`phi4_jax.train.config.DataConfig`,
     or any object with its attributes): mixture (a registered name such as 'embedded' or
     'phi4_pretrain', a module or a file; mixture.load_mixture), seq_len, seed, cache_dir (where
     on-demand stores such as the embedded corpus are built; None: a temp dir) and data_root
-    (where a mixture file's relative store paths live; may be None)."""
+    (where a mixture file's relative store paths live; may be None). `vocab_size`: the model's;
+    a store holding an id at or above it is refused at open, naming the store."""
     mixture = load_mixture(data.mixture, cache_dir=data.cache_dir)
     return build_iterator(mixture, seq_len=data.seq_len, global_batch_size=global_batch_size,
                           num_steps=num_steps, seed=data.seed, data_root=data.data_root,
-                          process_index=process_index, process_count=process_count)
+                          process_index=process_index, process_count=process_count,
+                          vocab_size=vocab_size)
 
 
 __all__ = ["DataIterator", "DataStateError", "MixtureData", "build_from_config", "build_iterator",

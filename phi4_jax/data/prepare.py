@@ -346,8 +346,8 @@ PROG = "python -m phi4_jax.data.prepare"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command: user errors (bad flags, an input naming nothing) are `cli.UsageError`s."""
-    parser = cli.parser(PROG, __doc__, example=" ".join(
-        __doc__.split("\n\n")[1].split("\n")[0].split()))
+    first_command = "\n".join(__doc__.split("\n\n")[1].split("\n")[:2])  # its 2 lines
+    parser = cli.parser(PROG, __doc__, example=" ".join(first_command.replace("\\", "").split()))
     parser.add_argument("--input", action="append", required=True,
                         help="file, directory or glob (repeatable)")
     parser.add_argument("--output", required=True, help="token store directory")
@@ -374,6 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          max_doc_chars=args.max_doc_chars),
         append_eos=not args.no_append_eos and args.format != "chat",
         max_doc_tokens=args.max_doc_tokens, num_threads=args.num_threads)
+    list_inputs(args.input)  # an --input naming nothing is refused before anything is written
+    from phi4_jax import runs  # the run record (runs reads stores: not imported at load)
+
+    runs.write_job_record(args.output, job=PROG, argv=argv, inputs=args.input,
+                          config={**vars(args), "beam_args": beam_args})
     manifest = run(config, args.input, files_per_shard=args.files_per_shard,
                    beam_args=beam_args, keep_shards=args.keep_shards)
     with open(os.path.join(args.output, "report.txt"), encoding="utf-8") as f:

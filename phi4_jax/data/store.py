@@ -10,7 +10,17 @@ Layout of a store directory:
 
 The content fingerprint is the sha256 of the format version, tokenizer id, token bytes, offsets
 bytes and loss-mask bytes. Iterator checkpoints record it, so a resumed run fails loudly when a
-store changed under it.
+store was rewritten (manifest included) under it.
+
+A store rewritten in place with its manifest untouched keeps the old fingerprint, so the
+manifest also records a CRC-32 per chunk of CHECKSUM_CHUNK_TOKENS tokens (of tokens.bin and of
+loss_mask.bin) and of the offsets: `TokenStore.verify_chunks(sample=k)` checks the offsets and k
+chunks (the first, the last and random others; all of them when sample=None) at a bounded cost,
+and the data pipeline runs it when it restores an iterator state. The manifest also records the
+largest token id, so a consumer that knows its vocabulary size (`TokenStore(path,
+vocab_size=V)`) refuses a store with ids >= V at open in O(1). Stores written before these
+fields existed still open: the largest id is then computed once with numpy, and the chunk
+check is skipped with one warning per store.
 """
 
 from __future__ import annotations
@@ -19,8 +29,10 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import uuid
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,6 +43,9 @@ from phi4_jax.io.atomic import atomic_write_bytes
 
 FORMAT_VERSION = 1
 MANIFEST, TOKENS, OFFSETS, LOSS_MASK = "manifest.json", "tokens.bin", "offsets.npy", "loss_mask.bin"
+CHECKSUM_CHUNK_TOKENS = 1 << 22  # 16 MiB of tokens.bin (4 MiB of loss_mask.bin) per checksum
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # stores without checksums, warned about once per process
 
 
 class StoreError(RuntimeError):
@@ -47,6 +62,11 @@ class Manifest:
     has_loss_mask: bool
     format_version: int = FORMAT_VERSION
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Written since the chunk checks (None in older stores, and max_token_id in empty ones):
+    max_token_id: int | None = None
+    # {"algorithm": "crc32", "chunk_tokens": C, "offsets": hex, "tokens": [hex per chunk],
+    #  "loss_mask": [hex per chunk] (with a loss mask)}
+    checksums: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -62,6 +82,26 @@ class Manifest:
                              "finished (rerun it: completed shards are kept)") from e
         except (json.JSONDecodeError, TypeError) as e:
             raise StoreError(f"{path}: unreadable manifest ({e})") from e
+
+
+class _ChunkCRC:
+    """CRC-32 of consecutive fixed-size chunks of a byte stream fed in arbitrary pieces."""
+
+    def __init__(self, chunk_bytes: int):
+        self.chunk_bytes, self.sums, self.crc, self.filled = chunk_bytes, [], 0, 0
+
+    def update(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view.nbytes:
+            take = min(self.chunk_bytes - self.filled, view.nbytes)
+            self.crc, self.filled = zlib.crc32(view[:take], self.crc), self.filled + take
+            view = view[take:]
+            if self.filled == self.chunk_bytes:
+                self.sums.append(self.crc)
+                self.crc, self.filled = 0, 0
+
+    def hex(self) -> list[str]:
+        return [f"{c:08x}" for c in self.sums + ([self.crc] if self.filled else [])]
 
 
 class StoreWriter:
@@ -82,7 +122,10 @@ class StoreWriter:
         self._lengths: list[np.ndarray] = []
         self._hash = hashlib.sha256(f"{FORMAT_VERSION}:{TOKENIZER_ID}".encode())
         self._mask_hash = hashlib.sha256()
+        self._token_crc = _ChunkCRC(CHECKSUM_CHUNK_TOKENS * 4)
+        self._mask_crc = _ChunkCRC(CHECKSUM_CHUNK_TOKENS)
         self.num_tokens = 0
+        self.max_token_id: int | None = None
 
     def append(self, tokens: np.ndarray, doc_lengths: np.ndarray,
                loss_mask: np.ndarray | None = None) -> None:
@@ -97,6 +140,10 @@ class StoreWriter:
         buf = tokens.tobytes()
         self._tokens.write(buf)
         self._hash.update(buf)
+        self._token_crc.update(buf)
+        if tokens.size:
+            top = int(tokens.max())
+            self.max_token_id = top if self.max_token_id is None else max(self.max_token_id, top)
         if loss_mask is not None:
             mask = np.ascontiguousarray(loss_mask, dtype=np.uint8)
             if mask.size != tokens.size:
@@ -104,6 +151,7 @@ class StoreWriter:
                                  f"{tokens.size} tokens")
             self._mask.write(mask.tobytes())
             self._mask_hash.update(mask.tobytes())
+            self._mask_crc.update(mask.tobytes())
         self._lengths.append(doc_lengths)
         self.num_tokens += tokens.size
 
@@ -124,10 +172,16 @@ class StoreWriter:
         npy = io.BytesIO()
         np.save(npy, offsets)
         atomic_write_bytes(os.path.join(self.path, OFFSETS), npy.getvalue())
+        checksums = {"algorithm": "crc32", "chunk_tokens": CHECKSUM_CHUNK_TOKENS,
+                     "offsets": f"{zlib.crc32(offsets.astype('<i8').tobytes()):08x}",
+                     "tokens": self._token_crc.hex()}
+        if self.with_loss_mask:
+            checksums["loss_mask"] = self._mask_crc.hex()
         manifest = Manifest(source_name=self.source_name, num_documents=int(lengths.size),
                             num_tokens=int(self.num_tokens), tokenizer_id=TOKENIZER_ID,
                             fingerprint=self._hash.hexdigest(),
-                            has_loss_mask=self.with_loss_mask, info=dict(info or {}))
+                            has_loss_mask=self.with_loss_mask, info=dict(info or {}),
+                            max_token_id=self.max_token_id, checksums=checksums)
         atomic_write_bytes(os.path.join(self.path, MANIFEST), manifest.to_json().encode())
         return manifest
 
@@ -165,8 +219,11 @@ def write_store(path: str, source_name: str, documents: Iterable[np.ndarray], *,
 class TokenStore:
     """Read-only view of a store: memory-mapped tokens, offsets and optional loss mask."""
 
-    def __init__(self, path: str, *, verify: bool = False):
+    def __init__(self, path: str, *, verify: bool = False, vocab_size: int | None = None):
+        """Opens (memory-maps) the store at `path`. verify: recompute the whole fingerprint.
+        vocab_size: refuse a store holding token ids >= vocab_size (StoreError naming it)."""
         self.path = path
+        self._max_token_id: int | None = None
         self.manifest = Manifest.from_file(os.path.join(path, MANIFEST))
         m = self.manifest
         if m.format_version != FORMAT_VERSION:
@@ -189,6 +246,70 @@ class TokenStore:
                              f"the manifest ({m.num_documents} documents, {m.num_tokens} tokens)")
         if verify and self.compute_fingerprint() != m.fingerprint:
             raise StoreError(f"{path}: content does not match the manifest fingerprint")
+        if vocab_size is not None:
+            self.check_vocab(vocab_size)
+
+    @property
+    def max_token_id(self) -> int | None:
+        """The largest token id (None for an empty store): the manifest's, else computed once
+        from the memory-mapped tokens."""
+        if self.manifest.max_token_id is not None:
+            return self.manifest.max_token_id
+        if self._max_token_id is None and self.num_tokens:
+            chunk = CHECKSUM_CHUNK_TOKENS
+            self._max_token_id = max(int(np.max(self.tokens[a:a + chunk]))
+                                     for a in range(0, self.num_tokens, chunk))
+        return self._max_token_id
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """StoreError naming the store if it holds a token id outside [0, vocab_size)."""
+        top = self.max_token_id
+        if top is not None and top >= vocab_size:
+            raise StoreError(f"{self.path}: source {self.name!r} holds token id {top}, outside "
+                             f"the model's vocabulary of {vocab_size} ids (tokenized for another "
+                             "vocabulary?); re-run prepare with the model's tokenizer or use a "
+                             "model whose vocab_size covers it")
+
+    def verify_chunks(self, sample: int | None = 8, seed: int | None = None) -> int:
+        """Checks the offsets and `sample` chunks of tokens (and loss mask) against the
+        manifest's checksums: the first, the last and random others (every chunk when sample
+        is None or the store has no more). Returns the chunks checked (0 for a store written
+        before checksums: warned once); raises StoreError naming the file and chunk."""
+        sums = self.manifest.checksums
+        if not sums:
+            if self.path not in _WARNED:
+                _WARNED.add(self.path)
+                log.warning("token store %s has no per-chunk checksums (written before they "
+                            "were recorded): a change made in place cannot be detected; re-run "
+                            "prepare to add them", self.path)
+            return 0
+        if sums.get("algorithm") != "crc32":
+            raise StoreError(f"{self.path}: unknown checksum algorithm {sums.get('algorithm')!r}")
+        offsets = np.ascontiguousarray(self.offsets, "<i8")
+        if f"{zlib.crc32(offsets):08x}" != sums["offsets"]:
+            raise StoreError(f"{os.path.join(self.path, OFFSETS)}: does not match its checksum "
+                             "in the manifest: the store changed after it was written")
+        chunk, count = int(sums["chunk_tokens"]), len(sums["tokens"])
+        if count != -(-self.num_tokens // chunk):
+            raise StoreError(f"{self.path}: the manifest has {count} token checksums for "
+                             f"{self.num_tokens} tokens")
+        picks = range(count)
+        if sample is not None and count > sample:
+            rest = np.random.default_rng(seed).choice(np.arange(1, count - 1), max(sample - 2, 0),
+                                                      replace=False)
+            picks = sorted({0, count - 1, *map(int, rest)})
+        arrays = [(TOKENS, self.tokens, sums["tokens"])]
+        if self.loss_mask is not None:
+            arrays.append((LOSS_MASK, self.loss_mask, sums.get("loss_mask") or []))
+        for name, array, expected in arrays:
+            for k in picks:
+                part = np.ascontiguousarray(array[k * chunk:(k + 1) * chunk])
+                if k >= len(expected) or f"{zlib.crc32(part):08x}" != expected[k]:
+                    raise StoreError(f"{os.path.join(self.path, name)}: chunk {k} (tokens "
+                                     f"{k * chunk}..{min((k + 1) * chunk, self.num_tokens)}) "
+                                     "does not match its checksum in the manifest: the store "
+                                     "changed after it was written")
+        return len(picks)
 
     def _map(self, name: str, dtype: np.dtype, count: int) -> np.ndarray:
         file = os.path.join(self.path, name)

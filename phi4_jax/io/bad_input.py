@@ -44,7 +44,8 @@ class BadInputReport:
             raise ValueError(f"unknown bad-input reason {reason!r}; known: {sorted(self.reasons)}")
         entry = self.file(path)
         entry.bad[reason] += 1
-        entry.first.setdefault(reason, f"{where}: {detail}"[:300] if detail else where)
+        if reason not in entry.first:  # bounded: a detail may quote a hostile record
+            entry.first[reason] = f"{where}: {str(detail)[:300]}"[:300] if detail else where
 
     def totals(self) -> collections.Counter:
         total = collections.Counter()

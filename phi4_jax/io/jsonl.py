@@ -103,7 +103,8 @@ def loads(text: str | bytes, *, allow_nonfinite: bool = False,
         try:  # strict UTF-8 decoding never gives a surrogate
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise JSONError("invalid_utf8", f"not UTF-8 ({e.reason} at byte {e.start})") from None
+            message = f"invalid UTF-8 ({e.reason} at byte {e.start})"
+            raise JSONError("invalid_utf8", message) from None
     else:
         try:
             text.encode("utf-8")

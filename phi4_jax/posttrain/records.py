@@ -35,6 +35,8 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
+import numpy as np
+
 from phi4_jax.data import record_fields as rf
 from phi4_jax.data.record_fields import RecordError
 from phi4_jax.data.sft import SFT_SCHEMA, SFTExample, parse_sft
@@ -47,7 +49,7 @@ Kind = Literal["pair", "pivot", "sft"]
 
 __all__ = ["PAIR_SCHEMA", "PARSERS", "PIVOT_SCHEMA", "SFT_SCHEMA", "JsonlWriter", "Pair",
            "Pivot", "ReadReport", "RecordError", "SFTExample", "iter_records",
-           "pairs_fingerprint", "parse_pair", "parse_pivot", "parse_sft", "read_pairs",
+           "fingerprint_ids", "pairs_fingerprint", "parse_pair", "parse_pivot", "parse_sft", "read_pairs",
            "read_records", "write_records", "write_report"]
 
 
@@ -245,11 +247,18 @@ def write_report(directory: str | os.PathLike, stats: dict[str, Any], report: Ba
     return text
 
 
-def pairs_fingerprint(pairs: Sequence[Pair]) -> str:
-    """sha256 over the pairs' token ids in order (a key for caching reference log-probs)."""
+def fingerprint_ids(triples: Iterable[Sequence[Sequence[int]]]) -> str:
+    """sha256 over (prompt, chosen, rejected) id sequences in order: per part its 4-byte length,
+    then its ids as 4-byte little-endian words. The one pair-set fingerprint (the key of the DPO
+    reference log-prob cache); parts may be lists or numpy arrays."""
     h = hashlib.sha256()
-    for p in pairs:
-        for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids):
-            h.update(len(ids).to_bytes(4, "little"))
-            h.update(b"".join(t.to_bytes(4, "little") for t in ids))
+    for triple in triples:
+        for part in triple:
+            h.update(len(part).to_bytes(4, "little"))
+            h.update(np.asarray(part, "<u4").tobytes())
     return h.hexdigest()
+
+
+def pairs_fingerprint(pairs: Sequence[Pair]) -> str:
+    """`fingerprint_ids` of the pairs' token ids, in order."""
+    return fingerprint_ids((p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in pairs)

@@ -97,5 +97,6 @@ def build_iterator(data: DataConfig, *, global_batch: int, steps: int, vocab_siz
                              f"tokenizer's {tokenizer.VOCAB_SIZE} ids that data.source='mixture' "
                              "produces")
         return pipeline.build_from_config(data, global_batch_size=global_batch, num_steps=steps,
-                                          process_index=host, process_count=host_count)
+                                          process_index=host, process_count=host_count,
+                                          vocab_size=vocab_size)
     raise ValueError(f"data.source={data.source!r}; choose one of {list(SOURCES)}")

@@ -4,7 +4,8 @@ import collections
 import os
 
 from phi4_jax.data.prepare import list_inputs
-from phi4_jax.data.readers import REASONS, BadInputReport, ReadOptions, _lines, read_records
+from phi4_jax.data.readers import REASONS, BadInputReport, ReadOptions, read_records
+from phi4_jax.io.jsonl import split_lines
 from tests.data.corpus import MAX_DOC_CHARS, write_broken_corpus
 
 
@@ -32,7 +33,7 @@ def test_broken_corpus_is_read_exactly(tmp_path):
 
 def test_long_lines_are_skipped_with_bounded_memory():
     chunks = [b"short\n", b"x" * 50, b"y" * 50, b"z\nafter\n", b"tail"]
-    out = list(_lines(iter(chunks), limit=20))
+    out = list(split_lines(iter(chunks), 20))
     assert out == [(1, b"short\n"), (2, None), (3, b"after\n"), (4, b"tail")]
 
 

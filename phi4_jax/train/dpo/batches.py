@@ -34,7 +34,6 @@ from __future__ import annotations
 import bisect
 import collections
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -45,7 +44,7 @@ import numpy as np
 from phi4_jax import cli
 from phi4_jax.data.row_layout import best_fit, name_key
 from phi4_jax.io.bad_input import BadInputReport
-from phi4_jax.posttrain.records import iter_records
+from phi4_jax.posttrain.records import fingerprint_ids, iter_records
 
 STATE_VERSION = 1
 WINDOW = 4096
@@ -61,7 +60,7 @@ class PairSet:
     ids: np.ndarray  # int32 [total]
     bounds: np.ndarray  # int64 [N, 4]
     names: list[str]
-    fingerprint: str  # `fingerprint(parts)`: equals records.pairs_fingerprint of the pairs
+    fingerprint: str  # records.fingerprint_ids of the pairs' parts (= pairs_fingerprint)
     report: dict[str, Any]
 
     def __len__(self) -> int:
@@ -75,17 +74,6 @@ class PairSet:
         """Positions a pair takes in a row: (P + C - 1) + (P + R - 1)."""
         p, c, r = np.diff(self.bounds, axis=1).T
         return 2 * p + c + r - 2
-
-
-def fingerprint(parts: Any) -> str:
-    """sha256 over (prompt, chosen, rejected) id arrays in order: per part its 4-byte length,
-    then its ids as 4-byte little-endian words (`records.pairs_fingerprint`'s bytes)."""
-    h = hashlib.sha256()
-    for triple in parts:
-        for part in triple:
-            h.update(len(part).to_bytes(4, "little"))
-            h.update(np.asarray(part, "<u4").tobytes())
-    return h.hexdigest()
 
 
 def load_pairs(paths: str | Sequence[str], *, vocab_size: int | None, seq_len: int,
@@ -130,7 +118,7 @@ def load_pairs(paths: str | Sequence[str], *, vocab_size: int | None, seq_len: i
                "examples": first[:10] + examples, "tokenizer": next(iter(tokenizers), None)}
     out = PairSet(np.concatenate(ids) if ids else np.zeros(0, np.int32),
                   np.asarray(bounds, np.int64).reshape(-1, 4), names, "", summary)
-    out.fingerprint = fingerprint(out.parts(i) for i in range(len(out)))
+    out.fingerprint = fingerprint_ids(out.parts(i) for i in range(len(out)))
     return out
 
 

@@ -118,7 +118,7 @@ def test_load_questions_counts_malformed_lines(tmp_path):
         f.write(json.dumps({"id": "h", "prompt": "What is 1+1?", "answer": "2"}).encode() + b"\n")
     questions, problems = load_questions(str(path))
     assert [q.id for q in questions] == ["a", "d", "h"] and questions[1].choices == ("x", "y")
-    assert len(problems) == 8 and problems[7].startswith(f"{path}:10: invalid JSON")
+    assert len(problems) == 8 and problems[7].startswith(f"{path}:10: invalid UTF-8")
     assert problems[0].startswith(f"{path}:2:") and "unknown fields ['colour']" in problems[1]
     assert "duplicate" in problems[2] and f"{path}:5:" in problems[3]
     assert problems[4] == f"{path}:6: not a JSON object"
