@@ -23,7 +23,8 @@ Sections (override any field on the command line: `--exp.train.steps=20`):
                     or checkpoint), reference_from (DPO reference checkpoint), z_loss,
                     clip_norm, max_nonfinite_in_row (NaN policy),
                     loss_vocab_chunks (vocabulary slices the loss projects onto at a time),
-                    async_checkpoint, peak_flops
+                    async_checkpoint, peak_flops, lease_timeout_s (when another run may take
+                    over a work dir whose run stopped sending heartbeats)
     dpo             pairs, loss, beta, label_smoothing, max_pairs_per_row, reference_cache,
                     cache_dir, tokenizer (phi4_jax/train/dpo/)
     log             tensorboard, wandb (used only when installed), wandb_project
@@ -103,6 +104,9 @@ def base_config() -> config_dict.ConfigDict:
         "loss_vocab_chunks": 8,  # 100352 / 8 = 12544 logits per token per slice
         "async_checkpoint": True,
         "peak_flops": config_dict.placeholder(float),  # None: device table, measured on CPU
+        # A work dir's lease (one run at a time) whose heartbeat is older than this is taken
+        # over by the next run; a holder that died on the same host is taken over at once.
+        "lease_timeout_s": 600.0,
     })
     # DPO (objective='dpo', data.source='pairs'); phi4_jax/train/dpo/losses.py has the
     # formulas. The Phi-4 report states none of these: they are documented choices.

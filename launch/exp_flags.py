@@ -6,6 +6,10 @@ with its default and an example; a user error is one line and exit status 2.
                              define=lambda v: flags.DEFINE_string("workdir", None, "...",
                                                                   flag_values=v),
                              example="python -m launch.local --exp=tiny_pretrain --workdir=D")
+
+`--reproduce=WORKDIR[@N]` replaces `--exp`: the experiment is the resolved config recorded in
+WORKDIR/runs.jsonl (`phi4_jax.runs.reproduce`; `--exp.FIELD=VALUE` overrides still apply on
+top); `record_command` then warns about what differs from the record (`--strict`: refuses).
 """
 
 from __future__ import annotations
@@ -66,6 +70,53 @@ def _load_config(path_spec: str) -> ConfigDict:
     return module.get_config(arg) if arg else module.get_config()
 
 
+def reproduce_spec(argv: Sequence[str]) -> str | None:
+    """The value of `--reproduce=SPEC` / `--reproduce SPEC`, if given."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--reproduce="):
+            return arg[len("--reproduce="):]
+        if arg == "--reproduce" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _recorded_config(spec: str) -> ConfigDict:
+    from phi4_jax.runs import reproduce
+
+    return reproduce.experiment_config(reproduce.load(spec))
+
+
+def define_exp(values: flags.FlagValues, argv: Sequence[str]) -> None:
+    """--exp (an experiment file; with --reproduce, the recorded config), --reproduce, --strict."""
+    spec = reproduce_spec(argv)
+    if spec:
+        config_flags.DEFINE_config_dict("exp", _recorded_config(spec), "the recorded config",
+                                        flag_values=values, sys_argv=list(argv))
+    else:
+        config_flags.DEFINE_config_file("exp", None, "experiment NAME[:ARG] or config file path",
+                                        flag_values=values, sys_argv=list(argv))
+    flags.DEFINE_string("reproduce", None, "rerun a run from its record instead of --exp: "
+                        "WORKDIR (its newest launch) or WORKDIR@N (the N-th, as `python -m "
+                        "phi4_jax.runs show WORKDIR` numbers them)", flag_values=values)
+    flags.DEFINE_bool("strict", False, "with --reproduce: refuse (exit 2) when the code, package "
+                      "versions or input fingerprints differ from the record", flag_values=values)
+
+
+def record_command(values: flags.FlagValues, argv: Sequence[str], prog: str) -> None:
+    """Tells the run record how this launch was called; with --reproduce, first warns about
+    each difference from the record (--strict: a UsageError naming them, before any work)."""
+    from phi4_jax import runs
+    from phi4_jax.runs import reproduce
+
+    module = prog.removeprefix("python -m ")
+    source = None
+    if values.reproduce:
+        record = reproduce.load(values.reproduce)
+        reproduce.check(values.reproduce, record, values.exp, strict=values.strict, prog=prog)
+        source = reproduce.source_ref(values.reproduce, record)
+    runs.set_command(cli.strip_debug(argv), module=module, reproduced_from=source)
+
+
 def check_overrides(argv: Sequence[str], config: ConfigDict) -> None:
     """Every `--exp.a.b=v` names a field of the config; else one line with the close names."""
     for arg in argv:
@@ -97,7 +148,7 @@ def _print_help(values: flags.FlagValues, prog: str, doc: str | None, usage: str
         default = "" if flag.default is None else f" (default: {flag.default_as_str})"
         print(f"  --{flag.name}: {flag.help}{default}")
     print("  --exp: experiment NAME[:ARG] or config file path; --exp.FIELD=VALUE overrides "
-          "any field of it")
+          "any field of it (or of the --reproduce record's config)")
     print(f"  --debug: show tracebacks of user errors (also: {cli.DEBUG_ENV}=1)")
     print("\nexperiments: " + ", ".join(experiments.names()))
     print(f"\nexample:\n  {example}")
@@ -113,8 +164,15 @@ def parse(argv: Sequence[str], *, prog: str, doc: str | None, usage: str, exampl
         _print_help(values, prog, doc, usage, example)
         raise SystemExit(0)
     argv = resolve_exp_flag(argv)
-    spec = _exp_spec(argv)
-    if spec is not None:
+    spec, reproduce = _exp_spec(argv), reproduce_spec(argv)
+    if reproduce == "":
+        raise cli.UsageError("--reproduce needs a work dir: --reproduce=WORKDIR[@N]")
+    if reproduce is not None and spec is not None:
+        raise cli.UsageError("--reproduce and --exp: give one (--reproduce reruns the recorded "
+                             "config; --exp.FIELD=VALUE overrides fields of it)")
+    if reproduce is not None:
+        check_overrides(argv, _recorded_config(reproduce))
+    elif spec is not None:
         check_overrides(argv, _load_config(spec))
     values = flags.FlagValues()
     define(values, argv)
@@ -123,8 +181,10 @@ def parse(argv: Sequence[str], *, prog: str, doc: str | None, usage: str, exampl
     except flags.Error as e:
         raise cli.UsageError(str(e).replace("\n", " ")) from e
     if values.exp is None:
-        raise cli.UsageError(f"--exp is required: {usage}; experiments: "
-                             + ", ".join(experiments.names()))
+        raise cli.UsageError(f"--exp is required (or --reproduce=WORKDIR[@N]): {usage}; "
+                             "experiments: " + ", ".join(experiments.names()))
+    if getattr(values, "strict", False) and not values.reproduce:
+        raise cli.UsageError("--strict applies to --reproduce=WORKDIR[@N] runs only")
     return values
 
 

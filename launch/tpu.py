@@ -16,7 +16,10 @@
 forwarded verbatim to the workers. Worker mode initializes jax.distributed (auto-detected on
 Cloud TPU VMs and GKE; --coordinator_address / --num_processes / --process_id elsewhere), builds
 the mesh over all slices (DCN on data) and runs the training loop, which writes the resolved
-config to WORKDIR/config.json on the primary worker. --plan_batch applies the batch planner's
+config to WORKDIR/config.json and its run record to WORKDIR/runs.jsonl on the primary worker.
+--reproduce=WORKDIR[@N] (instead of --exp) reruns a record's resolved config: the workers check
+out the record's commit (unless --commit) and warn about, or with --strict refuse, any
+difference in code, packages or input data. --plan_batch applies the batch planner's
 layout for --tpu x --num_slices (exactly train.global_batch sequences per step) first.
 Every gcloud / xpk command is printed before it runs, through `Runner` (tests swap it).
 """
@@ -33,7 +36,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from absl import flags
-from ml_collections import config_flags
 
 from launch import exp_flags
 from phi4_jax import cli
@@ -56,8 +58,7 @@ class LaunchError(cli.UsageError):
 
 
 def define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
-    config_flags.DEFINE_config_file("exp", None, "experiment NAME[:ARG] or config file path",
-                                    flag_values=values, sys_argv=list(argv))
+    exp_flags.define_exp(values, argv)  # --exp, --reproduce=WORKDIR[@N], --strict
     d = dict(flag_values=values)
     flags.DEFINE_string("workdir", None, "checkpoints, logs and config.json (gs:// on pods)", **d)
     flags.DEFINE_bool("worker", False, "run the job on this TPU VM worker", **d)
@@ -97,7 +98,8 @@ def define_flags(values: flags.FlagValues, argv: Sequence[str]) -> None:
 
 
 PROG = "python -m launch.tpu"
-USAGE = ("--exp=NAME[:ARG] [--exp.FIELD=VALUE ...] (--dry_run --tpu=T | --worker --workdir=D | "
+USAGE = ("(--exp=NAME[:ARG] | --reproduce=WORKDIR[@N] [--strict]) [--exp.FIELD=VALUE ...] "
+         "(--dry_run --tpu=T | --worker --workdir=D | "
          "--tpu=T --zone=Z --workdir=D | --tpu=T --xpk_cluster=C --workdir=D)")
 EXAMPLE = "python -m launch.tpu --exp=phi4_pretrain --dry_run --tpu=v5p-128"
 
@@ -109,15 +111,17 @@ def parse(argv: Sequence[str]) -> flags.FlagValues:
 
 
 def exp_args(argv: Sequence[str]) -> list[str]:
-    """The experiment's own arguments (--exp=NAME[:ARG], --exp.FIELD=VALUE), as typed, with
-    separate values joined (`--exp NAME` -> `--exp=NAME`): what workers are given."""
+    """The experiment's own arguments (--exp=NAME[:ARG], --exp.FIELD=VALUE, --reproduce=SPEC,
+    --strict), as typed, with separate values joined (`--exp NAME` -> `--exp=NAME`): what
+    workers are given."""
     out, args, i = [], list(argv[1:]), 0
     while i < len(args):
         arg = args[i]
-        separate = arg == "--exp" or (arg.startswith("--exp.") and "=" not in arg)
+        separate = arg in ("--exp", "--reproduce") or (arg.startswith("--exp.") and "=" not in arg)
         if separate and i + 1 < len(args) and not args[i + 1].startswith("--"):
             arg, i = f"{arg}={args[i + 1]}", i + 1
-        if arg.startswith(("--exp=", "--exp.")):
+        if arg.startswith(("--exp=", "--exp.", "--reproduce=")) or arg in ("--strict",
+                                                                           "--nostrict"):
             out.append(arg)
         i += 1
     return out
@@ -291,7 +295,7 @@ def workstation(values: flags.FlagValues, argv: Sequence[str], runner: Runner) -
                            base_docker_image=values.base_docker_image, script_dir=repo_root()))
         return pod
     repo = values.repo or _git("remote", "get-url", "origin")
-    commit = values.commit or _git("rev-parse", "HEAD")
+    commit = values.commit or _recorded_commit(values) or _git("rev-parse", "HEAD")
     if not repo or not commit:
         raise LaunchError("cannot tell which repository and commit the workers should run: "
                           "pass --repo=GIT_URL and --commit=SHA")
@@ -308,6 +312,21 @@ def workstation(values: flags.FlagValues, argv: Sequence[str], runner: Runner) -
     runner(pod.ssh(setup_script(job, repo=repo, commit=commit, remote_dir=values.remote_dir,
                                 env=values.env, log=log)))
     return pod
+
+
+def _recorded_commit(values: flags.FlagValues) -> str | None:
+    """--reproduce: the commit the record ran (its uncommitted changes are not on the workers:
+    said here; the workers' --strict refuses such a record)."""
+    if not values.reproduce:
+        return None
+    from phi4_jax.runs import reproduce
+
+    code = reproduce.load(values.reproduce).get("code") or {}
+    if code.get("dirty"):
+        print(f"warning: {values.reproduce} ran with uncommitted changes (diff sha256 "
+              f"{code.get('diff_sha256')}); the workers run its commit {code.get('commit')} "
+              "without them", file=sys.stderr)
+    return code.get("commit")
 
 
 def compile_only_libtpu() -> None:
@@ -370,10 +389,11 @@ def initialize_distributed(values: flags.FlagValues) -> None:
           f"{jax.local_device_count()} local of {jax.device_count()} devices", flush=True)
 
 
-def worker(values: flags.FlagValues):
+def worker(values: flags.FlagValues, argv: Sequence[str] | None = None):
     if not values.workdir:
         raise LaunchError("--worker needs --workdir")
     initialize_distributed(values)
+    exp_flags.record_command(values, sys.argv if argv is None else argv, PROG)
     config = values.exp
     if values.plan_batch:
         apply_plan(config, values.tpu or os.environ.get("TPU_ACCELERATOR_TYPE"),
@@ -429,7 +449,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None):
             raise LaunchError(str(e)) from e
     if values.worker or (on_tpu_vm() and not values.zone and not values.xpk_cluster):
         exp_flags.configure_logging()
-        return worker(values)
+        return worker(values, argv)
     return workstation(values, argv, runner or Runner(values.print_only))
 
 

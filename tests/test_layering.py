@@ -29,11 +29,12 @@ ALLOWED: dict[str, set[str]] = {
     "model": {"cli", "io", "sharding"},
     "convert": {"cli", "io", "model"},
     "inference": {"cli", "io", "model", "sharding"},
-    "data": {"cli", "io"},
+    "data": {"cli", "io", "phi4_jax.runs"},  # prepare's main writes its run record
     "synth": {"cli", "io"},
-    "posttrain": {"phi4_jax", "cli", "convert", "data", "inference", "io", "model", "sharding",
-                  "synth"},
-    "train": {"cli", "data", "io", "model", "sharding", "phi4_jax.posttrain.records"},
+    "posttrain": {"phi4_jax", "cli", "convert", "data", "inference", "io", "model", "runs",
+                  "sharding", "synth"},
+    "runs": {"cli", "data", "io"},
+    "train": {"cli", "data", "io", "model", "runs", "sharding", "phi4_jax.posttrain.records"},
 }
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from phi4_jax import cli
-from phi4_jax.data.mixture import Mixture, MixtureError, load_mixture
+from phi4_jax.data.mixture import Mixture, MixtureError, Source, load_mixture
 from phi4_jax.data.schedule import DEFAULT_PERIOD, RowSchedule
 
 
@@ -28,14 +28,30 @@ class MixturePlanError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SourcePlan:
-    name: str
+    """The plan of one source: its budget fraction and the tokens planned (in a row plan,
+    those of its `rows`) against its unique tokens."""
+
+    source: Source
     fraction: float
     unique_tokens: float
     planned_tokens: float
-    epochs: float
-    max_epochs: float | None = None
     rows: int | None = None
-    packing: str = "concat"
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def packing(self) -> str:
+        return self.source.packing
+
+    @property
+    def max_epochs(self) -> float | None:
+        return self.source.max_epochs
+
+    @property
+    def epochs(self) -> float:
+        return self.planned_tokens / self.unique_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +101,7 @@ def token_plan(mixture: Mixture, *, total_tokens: float | None = None,
     unique = _unique(mixture, unique_tokens)
     fractions = mixture.fractions()
     planned = {name: f * total for name, f in fractions.items()}
-    sources = tuple(SourcePlan(s.name, fractions[s.name], unique[s.name], planned[s.name],
-                               planned[s.name] / unique[s.name], s.max_epochs, packing=s.packing)
+    sources = tuple(SourcePlan(s, fractions[s.name], unique[s.name], planned[s.name])
                     for s in mixture.sources)
     plan = Plan(mixture, total, sources)
     check_max_epochs(plan)
@@ -124,11 +139,9 @@ def row_plan(mixture: Mixture, *, seq_len: int, global_batch_size: int,
     rows = schedule.rows_per_source()
     total = float(num_steps * global_batch_size * seq_len)
     fractions = mixture.fractions()
-    sources = tuple(
-        SourcePlan(s.name, fractions[s.name], unique[s.name], rows[i] * seq_len * fill[i],
-                   rows[i] * seq_len * fill[i] / unique[s.name], s.max_epochs, int(rows[i]),
-                   s.packing)
-        for i, s in enumerate(mixture.sources))
+    sources = tuple(SourcePlan(s, fractions[s.name], unique[s.name], rows[i] * seq_len * fill[i],
+                               int(rows[i]))
+                    for i, s in enumerate(mixture.sources))
     plan = Plan(mixture, total, sources, seq_len, global_batch_size, num_steps, tuple(steps))
     check_max_epochs(plan)
     return plan, schedule

@@ -84,8 +84,11 @@ class _EpochCache:
             return value
 
 
-class ConcatLayout:
-    packing = "concat"
+class _Layout:
+    """A source's layout: its store, document lengths and unique tokens. A subclass lays out
+    one epoch (`_build_epoch`, cached here) and answers `fill()` and `pieces(rows)`."""
+
+    packing: str
 
     def __init__(self, store: TokenStore, seq_len: int, seed: int, name: str | None = None):
         self.store, self.seq_len, self.seed = store, seq_len, seed
@@ -95,6 +98,13 @@ class ConcatLayout:
         if self.unique_tokens == 0:
             raise ValueError(f"source {self.name!r}: store {store.path} is empty")
         self._epoch = _EpochCache(self._build_epoch)
+
+    def _build_epoch(self, epoch: int) -> tuple[np.ndarray, ...]:
+        raise NotImplementedError
+
+
+class ConcatLayout(_Layout):
+    packing = "concat"
 
     def _build_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         perm = epoch_permutation(len(self.lengths), self.seed, self.name, epoch)
@@ -156,18 +166,13 @@ def best_fit(lengths: np.ndarray, capacity: int, max_items: int | None = None
     return bins
 
 
-class BestFitLayout:
+class BestFitLayout(_Layout):
     packing = "best_fit"
 
     def __init__(self, store: TokenStore, seq_len: int, seed: int, name: str | None = None,
                  window: int = 2048):
-        self.store, self.seq_len, self.seed, self.window = store, seq_len, seed, window
-        self.name = name or store.name
-        self.lengths = store.doc_lengths()
-        self.unique_tokens = int(store.num_tokens)
-        if self.unique_tokens == 0:
-            raise ValueError(f"source {self.name!r}: store {store.path} is empty")
-        self._epoch = _EpochCache(self._build_epoch)
+        super().__init__(store, seq_len, seed, name)
+        self.window = window
         self._row_starts = [0]  # cumulative rows per epoch, extended on demand
         self._lock = threading.Lock()
 

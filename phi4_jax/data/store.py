@@ -224,8 +224,10 @@ class TokenStore:
         vocab_size: refuse a store holding token ids >= vocab_size (StoreError naming it)."""
         self.path = path
         self._max_token_id: int | None = None
-        self.manifest = Manifest.from_file(os.path.join(path, MANIFEST))
-        m = self.manifest
+        self.manifest = m = Manifest.from_file(os.path.join(path, MANIFEST))
+        # The store's name, counts and fingerprint are its (frozen) manifest's.
+        self.name, self.fingerprint = m.source_name, m.fingerprint
+        self.num_documents, self.num_tokens = m.num_documents, m.num_tokens
         if m.format_version != FORMAT_VERSION:
             raise StoreError(f"{path}: store format {m.format_version}, this code reads "
                              f"{FORMAT_VERSION}")
@@ -323,22 +325,6 @@ class TokenStore:
         if count == 0:
             return np.zeros(0, dtype)
         return np.memmap(file, dtype=dtype, mode="r", shape=(count,))
-
-    @property
-    def name(self) -> str:
-        return self.manifest.source_name
-
-    @property
-    def num_documents(self) -> int:
-        return self.manifest.num_documents
-
-    @property
-    def num_tokens(self) -> int:
-        return self.manifest.num_tokens
-
-    @property
-    def fingerprint(self) -> str:
-        return self.manifest.fingerprint
 
     def doc_lengths(self) -> np.ndarray:
         return np.diff(np.asarray(self.offsets))

@@ -19,9 +19,14 @@ compute dtype for the FFI kernel `phi4_jax.inference.kernels.small_matmul`, whic
 weight once for all rows of the batch (XLA:CPU's GEMM reaches about half that bandwidth from two
 rows on, and its bfloat16 products are slower than its float32 ones); products accumulate in
 float32.
-The KV cache is one head-major [B, K, S, H] key and value buffer per layer (`HeadMajorKV`): the
-attention matmuls read it with no transpose (the model's `KVCache` layout [B, S, K, H] costs one
-cache transpose per layer and step on CPU) and the loop writes the new slots in place.
+The KV cache has two parts per layer, both head-major [.., K, S, H] so the attention matmuls read
+them with no transpose (the model's `KVCache` layout [B, S, K, H] costs one cache transpose per
+layer and step on CPU): `PromptKV` [U, K, P, H] holds the prefill's keys and values once per
+distinct prompt, and `HeadMajorKV` [B, K, N, H] each row's generated tokens, written in place one
+slot per step. Rows are grouped by prompt (row b continues prompt b // g): n samples of one prompt
+share one prefill and read its keys and values as one [n G, H] x [H, P] product per head instead
+of n copies (Pivotal Token Search and the server's `n` sample 16 or more rows per prompt; for
+200-token prompts and 64 new tokens the shared prompt part is 3/4 of every row's cache reads).
 
 The packed copy (`DecodeWeights`, blocks and output projection) is cached per model and reused
 while the model's parameter arrays are the same objects; any parameter update gives new arrays
@@ -30,7 +35,7 @@ models of at most `MAX_PACKED_BYTES` (SmolLM2-135M: 0.54 GB) with at most `MAX_U
 layers (the unrolled step compiles in time linear in depth), and for batch buckets of at most
 `max_packed_batch` rows (see `MAX_PACKED_BATCH`); everything else, including the
 accelerator-sized models that decode sharded, keeps the scanned path in `decode.py`. Prefill
-always uses the scan; `from_stacked` turns its cache into this one.
+always uses the scan; `prompt_cache` turns its cache into the prompt part.
 """
 
 from __future__ import annotations
@@ -85,8 +90,17 @@ class DecodeWeights(NamedTuple):
 
 
 class HeadMajorKV(NamedTuple):
-    """One layer's cache in head-major layout, k and v [B, K, S, H] (the model's `KVCache` is
-    [B, S, K, H]); slot s holds position s of the row. The packed loop carries one per layer."""
+    """One layer's generated-token cache in head-major layout, k and v [B, K, S, H] (the
+    model's `KVCache` is [B, S, K, H]); slot s holds the row's generated token s. The packed
+    loop carries one per layer and writes each step's slot in place."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+class PromptKV(NamedTuple):
+    """One layer's prompt cache, k and v [U, K, P, H]: one entry per distinct prompt, read (never
+    written) by every row that continues it."""
 
     k: jax.Array
     v: jax.Array
@@ -132,10 +146,20 @@ def decode_weights(model: Transformer) -> DecodeWeights:
     return packed
 
 
+def panel_dtype(config: ModelConfig) -> jnp.dtype:
+    """The dtype packed weight matrices are stored in: the compute dtype, or bfloat16 when the
+    parameters themselves are bfloat16 and the CPU kernel reads them (a float32-compute model
+    with bfloat16 weights streams half the bytes, losslessly; activations stay float32)."""
+    bf16 = jnp.dtype(jnp.bfloat16)
+    if config.weight_dtype == bf16 and uses_kernel(config):
+        return bf16
+    return config.compute_dtype
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _pack(state: nnx.State, cfg: ModelConfig, panels: bool) -> DecodeWeights:
     dt = cfg.compute_dtype
-    matrix = ((lambda w: kernels.pack_panels(w, dt)) if panels
+    matrix = ((lambda w: kernels.pack_panels(w, panel_dtype(cfg))) if panels
               else (lambda w: w.astype(dt)))
     blocks = state["blocks"]
     a, m = blocks["attn"], blocks["mlp"]
@@ -164,10 +188,10 @@ def _pack(state: nnx.State, cfg: ModelConfig, panels: bool) -> DecodeWeights:
 
 
 def _project(x: jax.Array, w: jax.Array, n: int, out_dtype: jnp.dtype) -> jax.Array:
-    """x [B, T, K] @ w -> [B, T, n]: w is a matrix [K, n], or its panels (CPU kernel)."""
+    """x [..., K] @ w -> [..., n]: w is a matrix [K, n], or its panels (CPU kernel)."""
     if w.ndim == 3:
         return kernels.small_matmul(x, w, n).astype(out_dtype)
-    return jnp.einsum("BTD,DE->BTE", x, w, preferred_element_type=out_dtype)
+    return jnp.einsum("...D,DE->...E", x, w, preferred_element_type=out_dtype)
 
 
 def logits(cfg: ModelConfig, weights: DecodeWeights, h: jax.Array) -> jax.Array:
@@ -175,53 +199,82 @@ def logits(cfg: ModelConfig, weights: DecodeWeights, h: jax.Array) -> jax.Array:
     return _project(h, weights.vocab, cfg.vocab_size, jnp.float32)
 
 
-def from_stacked(cache: KVCache) -> tuple[HeadMajorKV, ...]:
-    """Per-layer head-major buffers from the model's stacked [L, B, S, K, H] cache."""
-    return tuple(HeadMajorKV(cache.k[i].swapaxes(1, 2), cache.v[i].swapaxes(1, 2))
+def prompt_cache(cache: KVCache) -> tuple[PromptKV, ...]:
+    """Per-layer head-major prompt buffers from the prefill's stacked [L, U, P, K, H] cache."""
+    return tuple(PromptKV(cache.k[i].swapaxes(1, 2), cache.v[i].swapaxes(1, 2))
                  for i in range(cache.k.shape[0]))
 
 
-def run_layers(cfg: ModelConfig, weights: DecodeWeights, x: jax.Array, slots: jax.Array,
-               cache: tuple[HeadMajorKV, ...]) -> tuple[jax.Array, tuple[HeadMajorKV, ...]]:
-    """The block stack over x [B, T, D] whose tokens go to cache `slots` [B, T] (slot ==
-    position); each query attends to every filled slot at or before its own. Unrolled."""
+def generated_cache(cfg: ModelConfig, rows: int, slots: int) -> tuple[HeadMajorKV, ...]:
+    """Zeroed per-layer buffers [rows, K, slots, H] for the generated tokens."""
+    shape = (rows, cfg.num_kv_heads, slots, cfg.head_dim)
+    zeros = lambda: jnp.zeros(shape, cfg.compute_dtype)
+    return tuple(HeadMajorKV(zeros(), zeros()) for _ in range(cfg.num_layers))
+
+
+def run_layers(cfg: ModelConfig, weights: DecodeWeights, x: jax.Array, prompt_lens: jax.Array,
+               prompt: tuple[PromptKV, ...], generated: tuple[HeadMajorKV, ...],
+               slot: jax.Array) -> tuple[jax.Array, tuple[HeadMajorKV, ...]]:
+    """The block stack for one token per row, x [B, D], unrolled.
+
+    Rows are grouped by prompt: row b continues prompt b // g (g = B / U) of the U prompts whose
+    keys and values `prompt` holds (`prompt_lens` [U] tokens each). Every row's new token goes
+    to generated slot `slot` (one scalar: all rows advance together) at position
+    prompt_lens[b // g] + slot, and attends to its prompt and to generated slots 0..slot.
+    """
+    u = prompt_lens.shape[0]
+    positions = jnp.repeat(prompt_lens, x.shape[0] // u) + slot
     new = []
-    for w, kv in zip(weights.layers, cache):
-        x, kv = _layer(cfg, w, x, slots, kv)
-        new.append(kv)
+    for w, p, g in zip(weights.layers, prompt, generated):
+        x, g = _layer(cfg, w, x, positions, prompt_lens, p, g, slot)
+        new.append(g)
     return x, tuple(new)
 
 
-def _layer(cfg: ModelConfig, w: LayerWeights, x: jax.Array, slots: jax.Array, kv: HeadMajorKV
+def _layer(cfg: ModelConfig, w: LayerWeights, x: jax.Array, positions: jax.Array,
+           prompt_lens: jax.Array, prompt: PromptKV, gen: HeadMajorKV, slot: jax.Array
            ) -> tuple[jax.Array, HeadMajorKV]:
-    """One pre-norm block: `model.block.Block` with the cached branch of
-    `model.attention.Attention`, on packed weights and a head-major cache."""
-    b, t, _ = x.shape
+    """One pre-norm block (`model.block.Block` with the cached branch of
+    `model.attention.Attention`) for one token per row, on packed weights."""
+    b = x.shape[0]
     n, k, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     d, f = cfg.embed_dim, cfg.mlp_dim
+    u, groups = prompt.k.shape[0], n // k
+    g = b // u
     normed = rms_norm(x, w.attn_norm, cfg.norm_eps, x.dtype)
-    qkv = _project(normed, w.qkv, (n + 2 * k) * h, x.dtype)
-    q = apply_rope(qkv[..., :n * h].reshape(b, t, n, h), slots, cfg.rope_theta)
-    new_k = apply_rope(qkv[..., n * h:(n + k) * h].reshape(b, t, k, h), slots, cfg.rope_theta)
-    new_v = qkv[..., (n + k) * h:].reshape(b, t, k, h)
-    rows = jnp.arange(b)[:, None]
-    # [rows, :, slots] indexes [B, T, K, H]: the new entries land at each row's own slots.
-    kv = HeadMajorKV(kv.k.at[rows, :, slots].set(new_k.astype(kv.k.dtype)),
-                     kv.v.at[rows, :, slots].set(new_v.astype(kv.v.dtype)))
-    # Grouped-query attention over all S slots, masked causally by slot (= position).
-    q = q.reshape(b, t, k, n // k, h)
-    scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, kv.k.astype(x.dtype),
-                        preferred_element_type=jnp.float32) * (h ** -0.5)
-    visible = jnp.arange(kv.k.shape[2])[None, None, :] <= slots[:, :, None]  # [B, T, S]
-    scores = jnp.where(visible[:, None, None], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    # Contract into [B, K, G, T, H] and transpose after: for one-token steps (T = 1) the
-    # transpose is free, while asking the dot for [B, T, K, G, H] directly made XLA:CPU copy the
-    # result of every per-(row, head) product (2.5x the attention time at batch 8).
-    ctx = jnp.einsum("BKGTS,BKSH->BKGTH", probs, kv.v.astype(x.dtype),
-                     preferred_element_type=jnp.float32).astype(x.dtype).transpose(0, 3, 1, 2, 4)
-    x = x + _project(ctx.reshape(b, t, n * h), w.o, d, x.dtype)
+    qkv = _project(normed, w.qkv, (n + 2 * k) * h, x.dtype)[:, None]  # [B, 1, (N + 2K) H]
+    pos = positions[:, None]
+    q = apply_rope(qkv[..., :n * h].reshape(b, 1, n, h), pos, cfg.rope_theta)[:, 0]
+    new_k = apply_rope(qkv[..., n * h:(n + k) * h].reshape(b, 1, k, h), pos, cfg.rope_theta)
+    new_v = qkv[..., (n + k) * h:].reshape(b, 1, k, h)
+    # [B, 1, K, H] -> [B, K, 1, H] written at generated slot `slot` of every row, in place.
+    write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(
+        buf, new.swapaxes(1, 2).astype(buf.dtype), slot, axis=2)
+    gen = HeadMajorKV(write(gen.k, new_k), write(gen.v, new_v))
+    scale = h ** -0.5
+    # The prompt part: a group's g rows read their prompt's keys once, [g G, H] x [H, P].
+    q_group = q.reshape(u, g, k, groups, h)
+    s_prompt = jnp.einsum("UgKGH,UKPH->UgKGP", q_group, prompt.k.astype(x.dtype),
+                          preferred_element_type=jnp.float32) * scale
+    filled = jnp.arange(prompt.k.shape[2])[None, :] < prompt_lens[:, None]  # [U, P]
+    s_prompt = jnp.where(filled[:, None, None, None], s_prompt, NEG_INF)
+    # The generated part: each row its own slots 0..slot.
+    q_row = q.reshape(b, k, groups, h)
+    s_gen = jnp.einsum("BKGH,BKSH->BKGS", q_row, gen.k.astype(x.dtype),
+                       preferred_element_type=jnp.float32) * scale
+    s_gen = jnp.where(jnp.arange(gen.k.shape[2]) <= slot, s_gen, NEG_INF)
+    # One softmax over both parts (normalized after the value products).
+    peak = jnp.maximum(s_prompt.max(-1).reshape(b, k, groups), s_gen.max(-1))
+    e_prompt = jnp.exp(s_prompt - peak.reshape(u, g, k, groups)[..., None])
+    e_gen = jnp.exp(s_gen - peak[..., None])
+    denom = e_prompt.sum(-1).reshape(b, k, groups) + e_gen.sum(-1)
+    ctx = (jnp.einsum("UgKGP,UKPH->UgKGH", e_prompt.astype(x.dtype), prompt.v.astype(x.dtype),
+                      preferred_element_type=jnp.float32).reshape(b, k, groups, h)
+           + jnp.einsum("BKGS,BKSH->BKGH", e_gen.astype(x.dtype), gen.v.astype(x.dtype),
+                        preferred_element_type=jnp.float32))
+    ctx = (ctx / denom[..., None]).astype(x.dtype).reshape(b, n * h)
+    x = x + _project(ctx, w.o, d, x.dtype)
     normed = rms_norm(x, w.mlp_norm, cfg.norm_eps, x.dtype)
     gate_up = _project(normed, w.gate_up, 2 * f, x.dtype)
     gate, up = jnp.split(gate_up, 2, axis=-1)
-    return x + _project(jax.nn.silu(gate) * up, w.down, d, x.dtype), kv
+    return x + _project(jax.nn.silu(gate) * up, w.down, d, x.dtype), gen

@@ -15,17 +15,15 @@ their text) and `demo` (counting-task smoke data). `pts_cli` and `sft_data` keep
 command lines working.
 """
 
-from phi4_jax.posttrain.pts.oracles import (
+from phi4_jax.posttrain.pts import (
     ChoiceOracle,
     CodeOracle,
     MathOracle,
-    Question,
-    oracle_for,
-)
-from phi4_jax.posttrain.pts.search import (
     Problem,
     PTSConfig,
+    Question,
     false_pivot_probability,
+    oracle_for,
     search_batch,
 )
 from phi4_jax.posttrain.records import (

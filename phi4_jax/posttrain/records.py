@@ -49,8 +49,8 @@ Kind = Literal["pair", "pivot", "sft"]
 
 __all__ = ["PAIR_SCHEMA", "PARSERS", "PIVOT_SCHEMA", "SFT_SCHEMA", "JsonlWriter", "Pair",
            "Pivot", "ReadReport", "RecordError", "SFTExample", "iter_records",
-           "fingerprint_ids", "pairs_fingerprint", "parse_pair", "parse_pivot", "parse_sft", "read_pairs",
-           "read_records", "write_records", "write_report"]
+           "fingerprint_ids", "pairs_fingerprint", "parse_pair", "parse_pivot", "parse_sft",
+           "read_pairs", "read_records", "write_records", "write_report"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +66,8 @@ class Pair:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": PAIR_SCHEMA, "id": self.id, "source": self.source,
-                "tokenizer": self.tokenizer, "prompt_ids": list(self.prompt_ids),
-                "chosen_ids": list(self.chosen_ids), "rejected_ids": list(self.rejected_ids),
-                "meta": self.meta}
+        return _json_line(PAIR_SCHEMA, self, ("id", "source", "tokenizer", "prompt_ids",
+                                              "chosen_ids", "rejected_ids", "meta"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +86,16 @@ class Pivot:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": PIVOT_SCHEMA, "id": self.id, "question_id": self.question_id,
-                "tokenizer": self.tokenizer, "prefix_ids": list(self.prefix_ids),
-                "token_id": self.token_id, "p_before": self.p_before, "p_after": self.p_after,
-                "position": self.position, "n_samples": self.n_samples, "meta": self.meta}
+        return _json_line(PIVOT_SCHEMA, self, ("id", "question_id", "tokenizer", "prefix_ids",
+                                               "token_id", "p_before", "p_after", "position",
+                                               "n_samples", "meta"))
+
+
+def _json_line(schema: str, record: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """The JSON object a record is written as: its schema, then `keys` in the order of the
+    module docstring's line formats (token id tuples as lists)."""
+    values = ((k, getattr(record, k)) for k in keys)
+    return {"schema": schema, **{k: list(v) if isinstance(v, tuple) else v for k, v in values}}
 
 
 def parse_pair(obj: Any, vocab_size: int | None = None) -> Pair:

@@ -9,8 +9,11 @@ SGLang, llama.cpp's server, ...) through the `openai` client, whose own retries 
     replies = model.sample([{"role": "user", "content": "Hi"}], n=4, temperature=1.0)
 
 `add_server_flags` declares a server's flags (`--base_url`, `--model`, `--api_key_env`; with a
-prefix, e.g. `--teacher_base_url`). The key is read from the environment variable the flag
-names and is never printed or written. `Phi4Text` turns prompts and replies into the Phi-4
+prefix, e.g. `--teacher_base_url`); the key is read from the environment variable the flag
+names and is never printed or written. `add_request_flags` declares those of a command that
+sends many requests and writes pairs (`--max_workers`, `--max_retries`, `--timeout`,
+`--tokenizer_name`, `--quiet`), and `start_command` parses such a command line (its --input a
+regular file) and writes its job record. `Phi4Text` turns prompts and replies into the Phi-4
 ChatML token ids a pair is written in (`phi4_jax.data.chat`): the text a server returns is
 encoded again, so a pair's ids are those of its text, not necessarily the ids the server's
 model sampled.
@@ -23,6 +26,8 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
+
+from phi4_jax import cli, runs
 
 
 class ServerError(RuntimeError):
@@ -102,6 +107,31 @@ def add_server_flags(parser: argparse.ArgumentParser, prefix: str = "", *, what:
     parser.add_argument(f"--{prefix}api_key_env", default=None if prefix else "OPENAI_API_KEY",
                         help="name of the environment variable holding the API key"
                              + (fallback or " (unset variable: no key is sent)"))
+
+
+
+def add_request_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of a command that sends many requests and writes pairs in Phi-4 ids:
+    concurrency, the client's retries and timeout, the pairs' tokenizer field, progress bar."""
+    parser.add_argument("--max_workers", type=int, default=8, help="concurrent requests")
+    parser.add_argument("--max_retries", type=int, default=3, help="client retries per request")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument("--tokenizer_name", default="phi4",
+                        help="the pairs' tokenizer field (match the other dpo.pairs files)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def start_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str
+                  ) -> argparse.Namespace:
+    """The flags of a judge or refusal command line, once its --input is known to be a regular
+    file (else a one-line user error) and its job record is written in --output."""
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.input):
+        raise cli.UsageError(f"--input {args.input}: " + (
+            "not a regular file" if os.path.exists(args.input) else "no such file"))
+    runs.write_job_record(args.output, job=prog, argv=argv, config=vars(args),
+                          inputs=[args.input])
+    return args
 
 
 class Phi4Text:

@@ -2,13 +2,20 @@
 
 from phi4_jax.synth.batch import map_bounded, run_many
 from phi4_jax.synth.code_check import CheckCase, CheckResult, check_many, check_program
-from phi4_jax.synth.sandbox import SandboxConfig, SandboxResult, probe_isolation, run_python
+from phi4_jax.synth.sandbox import (
+    SandboxConfig,
+    SandboxResult,
+    available_backends,
+    probe_isolation,
+    run_python,
+)
 
 __all__ = [
     "CheckCase",
     "CheckResult",
     "SandboxConfig",
     "SandboxResult",
+    "available_backends",
     "check_many",
     "check_program",
     "map_bounded",

@@ -2,16 +2,21 @@
 
 It is started by :mod:`phi4_jax.synth.sandbox` (never imported by it) so that the isolation steps
 run in a fresh single-threaded process instead of a ``preexec_fn`` (which is unsafe in the threaded
-batch runner).  Stdlib only, no package imports.  Steps, each recorded on the status pipe:
+batch runner).  Stdlib only: it imports its sibling helper modules as top-level modules, never the
+package.  Steps, each recorded on the status pipe:
 
-1. ``unshare`` network / mount / PID / IPC namespaces (through a user namespace when not root);
-   every namespace that the kernel refuses is recorded with its errno and skipped.
-2. ``fork`` an *init* process (PID 1 of the new PID namespace).  It makes ``/`` read-only, mounts
-   private tmpfs on ``/tmp``, ``/dev/shm`` and the work dir (copying the parent's files in), hides
-   homes / the checkout under empty tmpfs (binding the interpreter back), mounts a fresh
-   ``/proc``; sets the rlimits; drops to the sandbox uid/gid; sets ``no_new_privs`` and a seccomp
-   filter; then forks the user program and reaps until it exits.  When PID 1 exits the kernel
-   kills everything left in the namespace (background children included).
+1. Join the run's memory cgroup (``cfg['cgroup_procs']``) before anything else, so every page
+   the run faults in -- SysV shm, memfd, tmpfs included -- is charged to it.
+2. ``unshare``: a user namespace first when not root, then network and IPC (with
+   ``kernel.shm*``/``msg*`` limits set inside the new IPC namespace), and for the native
+   backend mount and PID; a namespace the kernel refuses is recorded with its errno and skipped.
+3. *native* (``_sandbox_mounts``): fork an init (PID 1 of the new PID namespace) that builds the
+   private minimal read-only root and ``pivot_root``\\ s into it, sets the rlimits, drops to the
+   sandbox uid, sets ``no_new_privs`` and the seccomp filter (``_sandbox_seccomp``), then runs
+   the program through ``_sandbox_init.run_program``.  When PID 1 exits the kernel kills
+   everything left in the namespace.
+   *bwrap* (``_sandbox_bwrap``): set the rlimits, drop to the sandbox uid and ``exec`` bubblewrap,
+   which builds the same root and loads the same filter.
 """
 
 from __future__ import annotations
@@ -20,46 +25,31 @@ import contextlib
 import ctypes
 import json
 import os
-import platform
 import resource
 import signal
-import struct
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _sandbox_bwrap as bwrap_backend  # noqa: E402
+import _sandbox_init as reaper  # noqa: E402
+import _sandbox_mounts as mounts  # noqa: E402
+import _sandbox_seccomp as seccomp  # noqa: E402
+
+del sys.path[0]
 
 CLONE_NEWNS, CLONE_NEWIPC = 0x00020000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_SET_NO_NEW_PRIVS = 1, 4, 22, 38
-SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID = (
-    442, -100, 0x8000, 0x1, 0x2)
-# statvfs flags that have the same bit values as MS_* and must be kept on a bind remount.
-KEEP_FLAGS = 0x2 | 0x4 | 0x8 | 0x400 | 0x800 | 0x1000
-# Per machine, for the seccomp filter: audit arch, x32 syscall bit, and syscall numbers.
-SECCOMP_ARCH = {
-    "x86_64": dict(audit=0xC000003E, x32=0x40000000, socket=41, io_uring_setup=425, clone=56,
-                   unshare=272, clone3=435),
-    "aarch64": dict(audit=0xC00000B7, x32=0, socket=198, io_uring_setup=425, clone=220,
-                    unshare=97, clone3=435),
-}
-CLONE_NEW_ANY = 0x7E020080  # every CLONE_NEW* namespace flag
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 1, 4, 38
+BWRAP_EXTRA_PROCESSES = 2  # bwrap's monitor and its PID 1, both as the sandbox uid
 
 LIBC = ctypes.CDLL(None, use_errno=True)
-LIBC.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
 LIBC.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-LIBC.syscall.restype = ctypes.c_long
 
 
 def _ok(ret: int, what: str) -> None:
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
-    enc = lambda s: s.encode() if s is not None else None
-    _ok(LIBC.mount(enc(src), enc(target), enc(fstype), flags, enc(data or None)),
-        f"mount {target}")
 
 
 def _prctl(option: int, arg: int = 0) -> None:
@@ -77,14 +67,28 @@ class Channel:
         os.write(self.fd, (json.dumps(msg) + "\n").encode())
 
 
+def join_cgroup(cfg: dict, rep: dict) -> None:
+    if cfg["cgroup_procs"] is None:
+        if cfg["cgroup_unavailable"]:
+            rep["unavailable"]["memory_cgroup"] = cfg["cgroup_unavailable"]
+        return
+    try:
+        with open(cfg["cgroup_procs"], "w") as f:
+            f.write(str(os.getpid()))
+        rep["active"]["memory_cgroup"] = True
+    except OSError as e:
+        rep["unavailable"]["memory_cgroup"] = f"cannot join {cfg['cgroup_procs']}: {e}"
+
+
 def unshare_namespaces(cfg: dict, rep: dict) -> None:
     """Enter new namespaces one by one; a refused one is recorded in ``rep['unavailable']``."""
     wanted = []
     if cfg["isolate_network"]:
         wanted.append(("network_namespace", CLONE_NEWNET))
     if cfg["namespaces"]:
-        wanted += [("mount_namespace", CLONE_NEWNS), ("pid_namespace", CLONE_NEWPID),
-                   ("ipc_namespace", CLONE_NEWIPC)]
+        wanted.append(("ipc_namespace", CLONE_NEWIPC))
+        if cfg["backend"] == "native":
+            wanted += [("mount_namespace", CLONE_NEWNS), ("pid_namespace", CLONE_NEWPID)]
     if not wanted:
         return
     if os.geteuid() != 0:  # unprivileged: a user namespace gives capabilities over the others
@@ -106,96 +110,21 @@ def unshare_namespaces(cfg: dict, rep: dict) -> None:
             rep["unavailable"][name] = str(e)
 
 
-def _make_root_readonly(rep: dict) -> None:
-    """Recursively remount everything read-only (mount_setattr, else one bind remount each)."""
-    attr = struct.pack("QQQQ", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    if LIBC.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, buf, len(attr)) == 0:
-        rep["active"]["readonly_root"] = True
+def limit_ipc(cfg: dict, rep: dict) -> None:
+    """Inside the new IPC namespace: SysV shm/msg limits of one run (writes apply to it only)."""
+    if not rep["active"].get("ipc_namespace"):
         return
-    failed = []
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
-    for mp in points:
-        try:
-            keep = os.statvfs(mp).f_flag & KEEP_FLAGS
-            _mount(None, mp, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | keep)
-        except OSError:
-            failed.append(mp)
-    if "/" in failed:
-        raise OSError(f"cannot remount / read-only (failed: {failed[:5]})")
-    rep["active"]["readonly_root"] = True
-    if failed:
-        rep["notes"].append(f"mounts left writable: {failed[:10]}")
-
-
-def _copy_tree(src_fd: int, dst: str, uid: int, gid: int) -> None:
-    """Copy the parent's work dir (open as ``src_fd``, now hidden under a tmpfs) into ``dst``."""
-    for entry in os.scandir(src_fd):
-        target = os.path.join(dst, entry.name)
-        if entry.is_dir(follow_symlinks=False):
-            os.mkdir(target, 0o700)
-            sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=src_fd)
-            try:
-                _copy_tree(sub, target, uid, gid)
-            finally:
-                os.close(sub)
-        elif entry.is_file(follow_symlinks=False):
-            fd_in = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=src_fd)
-            with os.fdopen(fd_in, "rb") as fin, open(target, "wb") as fout:
-                fout.write(fin.read())
-            os.chmod(target, 0o700 if entry.stat().st_mode & 0o100 else 0o600)
-        else:
-            continue
-        os.chown(target, uid, gid)
-
-
-def setup_filesystem(cfg: dict, rep: dict, uid: int, gid: int) -> None:
-    """Private mounts: read-only ``/``, fresh tmpfs for /tmp, /dev/shm and the work dir."""
-    workdir, tmp_kb = cfg["workdir"], cfg["disk_mb"] * 1024
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    work_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
-    exposed = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in cfg["expose"]]
-    if cfg["readonly_root"]:
-        try:
-            _make_root_readonly(rep)
-        except OSError as e:
-            rep["unavailable"]["readonly_root"] = str(e)
-        opts = f"size={tmp_kb}k,nr_inodes=4096,mode=1777"
-        try:
-            _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, opts)
-            if os.path.isdir("/dev/shm"):
-                _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, opts)
-            rep["active"]["private_tmp"] = True
-        except OSError as e:
-            rep["unavailable"]["private_tmp"] = str(e)
-    hidden = [d for d in cfg["hide"] if os.path.isdir(d)]
-    for d in hidden:  # e.g. /root, /home, the project checkout: replaced by an empty tmpfs
-        _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
-    for path, fd in exposed:  # interpreter dirs inside those (e.g. pyenv in /root, a venv)
-        os.makedirs(path, 0o755, exist_ok=True)
-        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        os.close(fd)
-    for d in hidden:
-        _mount(None, d, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    if hidden:
-        rep["active"]["hidden_paths"] = hidden
-        rep["notes"].append(f"interpreter dirs re-exposed read-only: {cfg['expose']}")
-    os.makedirs(workdir, 0o700, exist_ok=True)
-    _mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV,
-           f"size={tmp_kb}k,nr_inodes=4096,mode=0700,uid={uid},gid={gid}")
-    _copy_tree(work_fd, workdir, uid, gid)
-    os.close(work_fd)
-    if rep["active"].get("pid_namespace"):
-        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        rep["active"]["proc_remounted"] = True
-
-
-def _chown_tree(path: str, uid: int, gid: int) -> None:
-    for root, dirs, files in os.walk(path):
-        for name in [*dirs, *files]:
-            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
-    os.chown(path, uid, gid)
+    mem = cfg["limits"]["memory_bytes"]
+    page = os.sysconf("SC_PAGE_SIZE")
+    values = {"shmmax": mem, "shmall": max(1, mem // page), "shmmni": 32, "shm_rmid_forced": 1,
+              "msgmni": 16, "msgmnb": 65536}
+    try:
+        for name, value in values.items():
+            with open(f"/proc/sys/kernel/{name}", "w") as f:
+                f.write(str(value))
+        rep["active"]["ipc_limits"] = True
+    except OSError as e:
+        rep["notes"].append(f"kernel.shm*/msg* limits not set in the IPC namespace: {e}")
 
 
 def _count_processes(uid: int) -> int:
@@ -206,88 +135,107 @@ def _count_processes(uid: int) -> int:
     return count
 
 
-def set_rlimits(lim: dict, rep: dict) -> None:
+def set_rlimits(lim: dict, rep: dict, extra_processes: int = 0) -> None:
     """Apply limits, never above the current hard limits (which cannot be raised)."""
     table = {"cpu_s": (resource.RLIMIT_CPU, 1), "memory_bytes": (resource.RLIMIT_AS, 0),
              "file_bytes": (resource.RLIMIT_FSIZE, 0), "open_files": (resource.RLIMIT_NOFILE, 0),
              "processes": (resource.RLIMIT_NPROC, 0), "core_bytes": (resource.RLIMIT_CORE, 0)}
     applied = {}
     for key, (res, extra_hard) in table.items():
-        soft, hard = lim[key], lim[key] + extra_hard  # CPU: SIGXCPU at soft, SIGKILL at hard
+        soft = lim[key] + (extra_processes if key == "processes" else 0)
+        hard = soft + extra_hard  # CPU: SIGXCPU at soft, SIGKILL at hard
         cur_hard = resource.getrlimit(res)[1]
         if cur_hard != resource.RLIM_INFINITY:
             soft, hard = min(soft, cur_hard), min(hard, cur_hard)
         resource.setrlimit(res, (soft, hard))
-        applied[key] = soft
+        applied[key] = soft - (extra_processes if key == "processes" else 0)
     rep["rlimits"] = applied
 
 
-def drop_privileges(uid: int, gid: int) -> None:
+def _identity(cfg: dict, rep: dict) -> tuple[bool, int, int]:
+    """(drop?, uid, gid) for the program; records the privilege situation."""
+    root = os.geteuid() == 0
+    drop = root and cfg["uid"] is not None
+    if drop:
+        return True, cfg["uid"], cfg["gid"]
+    if root:
+        rep["unavailable"]["privileges_dropped"] = "disabled by config (runs as root!)"
+    else:
+        rep["notes"].append("not root: the program runs as the caller's uid")
+    return False, os.getuid(), os.getgid()
+
+
+def drop_privileges(uid: int, gid: int, rep: dict) -> None:
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     try:
         os.setuid(0)
     except PermissionError:
+        rep["active"]["privileges_dropped"] = True
         return
     raise OSError("privilege drop did not stick")
 
 
-def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
-    return struct.pack("HBBI", code, jt, jf, k & 0xFFFFFFFF)
+def seccomp_policy(rep: dict) -> dict:
+    """What the filter denies beyond the fixed list, given what else is in force."""
+    act = rep["active"]
+    return {"deny_unix": not (act.get("network_namespace") and act.get("private_root")),
+            "deny_sysv": not (act.get("memory_cgroup") and act.get("ipc_namespace")),
+            "deny_memfd": not act.get("memory_cgroup")}
 
 
-def install_seccomp() -> None:
-    """Deny: sockets other than AF_UNIX (EACCES), new namespaces via clone/unshare (EPERM; the
-    user namespaces they need are a large kernel attack surface), clone3 (ENOSYS, so libc falls
-    back to the inspectable clone), io_uring, x32 and foreign-arch syscalls (ENOSYS)."""
-    nr = SECCOMP_ARCH.get(platform.machine())
-    if nr is None:
-        raise OSError(f"no seccomp filter for {platform.machine()}")
-    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
-    allow, eacces, eperm, enosys = 0x7FFF0000, 0x00050000 | 13, 0x00050000 | 1, 0x00050000 | 38
-    prog = [_bpf(ld, 4), _bpf(jeq, nr["audit"], 1, 0), _bpf(ret, enosys), _bpf(ld, 0)]
-    if nr["x32"]:
-        prog += [_bpf(jge, nr["x32"], 0, 1), _bpf(ret, enosys)]
-    prog += [
-        _bpf(jeq, nr["io_uring_setup"], 0, 1), _bpf(ret, enosys),
-        _bpf(jeq, nr["clone3"], 0, 1), _bpf(ret, enosys),
-        _bpf(jeq, nr["clone"], 1, 0), _bpf(jeq, nr["unshare"], 0, 4),
-        _bpf(ld, 16), _bpf(jset, CLONE_NEW_ANY, 0, 1), _bpf(ret, eperm), _bpf(ret, allow),
-        _bpf(jeq, nr["socket"], 0, 3), _bpf(ld, 16), _bpf(jeq, 1, 1, 0),  # args[0] == AF_UNIX
-        _bpf(ret, eacces), _bpf(ret, allow)]
-    filt = ctypes.create_string_buffer(b"".join(prog))
-    fprog = ctypes.create_string_buffer(struct.pack("HP", len(prog), ctypes.addressof(filt)))
-    _ok(LIBC.prctl(PR_SET_SECCOMP, 2, ctypes.addressof(fprog), 0, 0), "seccomp")
+def _seccomp_prog(cfg: dict, rep: dict) -> bytes | None:
+    if not cfg["seccomp"]:
+        return None
+    policy = seccomp_policy(rep)
+    try:
+        prog = seccomp.build_filter(**policy)
+    except OSError as e:
+        rep["unavailable"]["seccomp"] = str(e)
+        return None
+    rep["seccomp_policy"] = policy
+    return prog
 
 
-def init_process(cfg: dict, chan: Channel, rep: dict, boot_pid: int) -> None:
-    """Set up the sandbox, run the user program, report its wait status, exit."""
-    root = os.geteuid() == 0
-    drop = root and cfg["uid"] is not None
-    uid, gid = (cfg["uid"], cfg["gid"]) if drop else (os.getuid(), os.getgid())
-    if rep["active"].get("mount_namespace"):
-        setup_filesystem(cfg, rep, uid, gid)
-    elif drop:
-        _chown_tree(cfg["workdir"], uid, gid)
+def _ready(cfg: dict, chan: Channel, rep: dict, argv: list[str]) -> None:
+    rep["uid"], rep["gid"], rep["interpreter"] = os.getuid(), os.getgid(), argv[0]
+    if cfg["strict"] and rep["unavailable"]:
+        raise OSError(f"strict mode, protections unavailable: {rep['unavailable']}")
+    chan.send(stage="setup", **rep)
+
+
+def native_init(cfg: dict, chan: Channel, rep: dict, boot_pid: int) -> None:
+    """PID 1: set up the sandbox, run the user program, report its wait status, exit."""
+    drop, uid, gid = _identity(cfg, rep)
+    if rep["active"].get("mount_namespace") and cfg["readonly_root"]:
+        try:
+            mounts.build_root(cfg, rep, uid, gid)
+        except OSError as e:  # undone by build_root: the host's tree, seccomp denies AF_UNIX
+            rep["unavailable"]["private_root"] = str(e)
+    act = rep["active"]
+    if act.get("mount_namespace") and act.get("pid_namespace") and not act.get("private_root"):
+        mounts.mount(None, "/", None, mounts.MS_REC | mounts.MS_PRIVATE)
+        mounts.mount("proc", "/proc", "proc", mounts.MS_NOSUID | mounts.MS_NODEV)
+        rep["active"]["proc_remounted"] = True
+    if drop and not rep["active"].get("private_root"):
+        for root, dirs, files in os.walk(cfg["workdir"]):
+            for name in [*dirs, *files]:
+                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+        os.chown(cfg["workdir"], uid, gid)
     os.chdir(cfg["workdir"])
     limits = dict(cfg["limits"])
-    if not root:  # RLIMIT_NPROC counts all of the uid's processes (per user ns on new kernels)
+    if os.geteuid() != 0:  # RLIMIT_NPROC counts all of the uid's processes
         limits["processes"] += _count_processes(uid)
     set_rlimits(limits, rep)
     if drop:
-        drop_privileges(uid, gid)
-        rep["active"]["privileges_dropped"] = True
-    elif root:
-        rep["unavailable"]["privileges_dropped"] = "disabled by config (runs as root!)"
-    else:
-        rep["notes"].append("not root: the program runs as the caller's uid")
-    rep["uid"], rep["gid"] = os.getuid(), os.getgid()
+        drop_privileges(uid, gid, rep)
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     rep["active"]["no_new_privs"] = True
-    if cfg["seccomp"]:
+    prog = _seccomp_prog(cfg, rep)
+    if prog is not None:
         try:
-            install_seccomp()
+            seccomp.install(prog)
             rep["active"]["seccomp"] = True
         except OSError as e:
             rep["unavailable"]["seccomp"] = str(e)
@@ -303,46 +251,66 @@ def init_process(cfg: dict, chan: Channel, rep: dict, boot_pid: int) -> None:
                           "SandboxConfig(python=...) with a world-readable interpreter")
         rep["notes"].append(f"interpreter {argv[0]} is not executable by uid {uid}: using {alt}")
         argv[0] = alt
-    rep["interpreter"] = argv[0]
-    if cfg["strict"] and rep["unavailable"]:
-        raise OSError(f"strict mode, protections unavailable: {rep['unavailable']}")
-    chan.send(stage="setup", **rep)
-    child = os.fork()
-    if child == 0:
-        try:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-                signal.signal(sig, signal.SIG_DFL)
-            os.execve(argv[0], argv, os.environ)
-        finally:
-            os._exit(127)
-    while True:  # as PID 1 this also reaps orphans
-        pid, status = os.waitpid(-1, 0)
-        if pid == child:
-            break
-    chan.send(stage="exit", wait_status=status)
-    os._exit(0)
+    _ready(cfg, chan, rep, argv)
+    reaper.run_program(chan.fd, argv)
+
+
+def exec_bwrap(cfg: dict, chan: Channel, rep: dict) -> None:
+    """Drop to the sandbox uid and become ``bwrap`` (it builds the rest of the sandbox)."""
+    if not cfg["bwrap"]:
+        raise OSError("backend 'bwrap': bubblewrap is not installed (apt-get install bubblewrap)")
+    drop, uid, gid = _identity(cfg, rep)
+    if drop:
+        mounts.reexpose(cfg["view"], rep)
+    sources = bwrap_backend.open_sources(cfg)
+    limits = dict(cfg["limits"])
+    if os.geteuid() != 0:
+        limits["processes"] += _count_processes(uid)
+    set_rlimits(limits, rep, extra_processes=BWRAP_EXTRA_PROCESSES)
+    if drop:
+        drop_privileges(uid, gid, rep)
+    rep["active"].update(mount_namespace=True, pid_namespace=True, user_namespace=True,
+                         private_root=True, readonly_root=True, private_tmp=True,
+                         proc_remounted=True, no_new_privs=True,
+                         hidden_paths=cfg["view"]["hidden"])
+    prog = _seccomp_prog(cfg, rep)
+    seccomp_fd = None
+    if prog is not None:
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, prog)
+        os.close(write_fd)
+        seccomp_fd = read_fd
+        rep["active"]["seccomp"] = True
+    argv = bwrap_backend.command(cfg["bwrap"], cfg, sources, chan.fd, seccomp_fd)
+    if cfg["view"]["exposed"]:
+        rep["notes"].append(f"interpreter dirs visible read-only: {cfg['view']['exposed']}")
+    _ready(cfg, chan, rep, cfg["argv"])
+    os.execv(argv[0], argv)
 
 
 def main() -> int:
     cfg = json.loads(sys.argv[1])
     chan = Channel(cfg["status_fd"])
-    rep: dict = {"active": {}, "unavailable": {}, "notes": []}
+    rep: dict = {"active": {}, "unavailable": {}, "notes": [], "backend": cfg["backend"]}
     try:
+        join_cgroup(cfg, rep)
         unshare_namespaces(cfg, rep)
+        limit_ipc(cfg, rep)
         chan.send(stage="namespaces", **rep)
+        if cfg["backend"] == "bwrap":
+            exec_bwrap(cfg, chan, rep)
         boot_pid = os.getpid()
         child = os.fork()
         if child == 0:
             try:
-                init_process(cfg, chan, rep, boot_pid)
+                native_init(cfg, chan, rep, boot_pid)
             except BaseException as e:  # noqa: BLE001 - reported to the parent
                 chan.send(stage="error", error=f"{type(e).__name__}: {e}", **rep)
             os._exit(70)
         chan.send(stage="init", pid=child)
         os.waitpid(child, 0)  # returns once the PID namespace is torn down
     except OSError as e:
-        chan.send(stage="error", error=f"{type(e).__name__}: {e}")
+        chan.send(stage="error", error=f"{type(e).__name__}: {e}", **rep)
         return 70
     return 0
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -70,16 +71,46 @@ class TrainConfig:
     init_from: str | None  # another run's parameters to start from (fresh optimizer)
     reference_from: str | None  # another run's parameters for the objective's frozen state
     z_loss: float  # next_token: weight of the lse^2 term
-    clip_norm: float | None  # global gradient-norm clip; None or 0: none
+    clip_norm: float | None  # global gradient-norm clip (> 0); None: no clipping
     max_nonfinite_in_row: int  # NaN/Inf steps in a row before the run aborts
     loss_vocab_chunks: int  # vocabulary slices the loss projects onto at a time
     async_checkpoint: bool  # save in the background
     peak_flops: float | None  # for MFU; None: the device table (measured on CPU)
+    lease_timeout_s: float  # a work dir lease whose heartbeat is older is reclaimable
 
     def __post_init__(self) -> None:
-        for name in ("steps", "checkpoint_every", "keep", "log_every", "max_nonfinite_in_row"):
+        for name in ("steps", "global_batch", "micro_batches", "checkpoint_every", "keep",
+                     "log_every", "max_nonfinite_in_row", "loss_vocab_chunks"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be positive")
+        if self.per_device_batch is not None and self.per_device_batch <= 0:
+            raise ConfigError(f"train.per_device_batch={self.per_device_batch} must be positive "
+                              "(None: use train.micro_batches)")
+        check_number("train.z_loss", self.z_loss, minimum=0.0)
+        check_number("train.clip_norm", self.clip_norm, minimum=0.0, strict=True,
+                     none="None: no clipping")
+        check_number("train.peak_flops", self.peak_flops, minimum=0.0, strict=True,
+                     none="None: the device table")
+        check_number("train.lease_timeout_s", self.lease_timeout_s, minimum=0.0, strict=True)
+
+
+def check_number(where: str, value: float | None, *, minimum: float | None = None,
+                 maximum: float | None = None, strict: bool = False,
+                 strict_max: bool = False, none: str | None = None) -> None:
+    """ConfigError naming `where` unless `value` is finite and within the bounds (`strict`:
+    above the minimum, `strict_max`: below the maximum); None passes when `none` says what it
+    means."""
+    if value is None and none is not None:
+        return
+    low = "" if minimum is None else f"{'>' if strict else '>='} {minimum:g}"
+    high = "" if maximum is None else f"{'<' if strict_max else '<='} {maximum:g}"
+    wanted = " and ".join(filter(None, (low, high))) or "finite"
+    hint = f" ({none})" if none else ""
+    if value is None or not math.isfinite(value):
+        raise ConfigError(f"{where}={value!r} must be a finite number {wanted}{hint}")
+    if minimum is not None and (value < minimum or strict and value == minimum) or \
+            maximum is not None and (value > maximum or strict_max and value == maximum):
+        raise ConfigError(f"{where}={value!r} must be {wanted}{hint}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +169,7 @@ class RunConfig:
         optional = [k for k in extra if k != objective and k not in raw]
         _check_keys(raw, [k for k in [*core, *extra] if k not in optional],
                     "the experiment config", known=[*core, *extra])
-        return cls(name=coerce(raw["name"], str, "name"), objective=objective,
+        run = cls(name=coerce(raw["name"], str, "name"), objective=objective,
                    model=model_section(raw["model"]),
                    mesh=to_section(MeshConfig, raw["mesh"], "mesh"),
                    data=to_section(DataConfig, raw["data"], "data"),
@@ -148,6 +179,8 @@ class RunConfig:
                    sections={k: to_section(c, raw[k], k) for k, c in extra.items()
                              if k in raw},
                    experiment=experiment)
+        run.optimizer.check_schedule(run.train.steps)
+        return run
 
 
 def _plain(value: Any) -> Any:

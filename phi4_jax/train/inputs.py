@@ -4,7 +4,8 @@ The next-token objective's input contract (the data engine's; `NextToken.inputs`
 `build_iterator`): an iterator of numpy dicts with `tokens`, `targets`, `positions`,
 `segment_ids` (int32 [B, T], 0 = padding) and `loss_mask` (float32 [B, T]), where B is this
 host's share of the global batch, plus `get_state()` / `set_state()` with a JSON-able state (a
-Grain DatasetIterator qualifies) saved in every checkpoint.
+Grain DatasetIterator qualifies) saved in every checkpoint. `StepIterator` is the shared part of
+the iterators whose batch k is a pure function of k (this synthetic one, the DPO pairs').
 
 `SyntheticIterator` implements the same contract without any files: packed documents of an
 arithmetic-progression language (each document counts up by a stride of 1-3 modulo the vocab),
@@ -25,22 +26,32 @@ BATCH_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
 SOURCES = ("synthetic", "mixture")  # the data.source values of next-token objectives
 
 
-class SyntheticIterator:
+class StepIterator:
+    """Iterates `self.batch(0)`, `self.batch(1)`, ...: batch k is a pure function of k, so
+    `self.step` (the batches already produced) is all a state needs to resume exactly."""
+
+    step: int = 0
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def __iter__(self) -> StepIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        out = self.batch(self.step)
+        self.step += 1
+        return out
+
+
+class SyntheticIterator(StepIterator):
     """Deterministic packed batches; state is the number of batches already produced."""
 
     def __init__(self, *, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0,
                  host: int = 0, min_doc_len: int = 8):
         self.batch_size, self.seq_len, self.vocab_size = batch_size, seq_len, vocab_size
         self.seed, self.host, self.min_doc_len = seed, host, min(min_doc_len, seq_len)
-        self.index = 0
-
-    def __iter__(self) -> SyntheticIterator:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.batch(self.index)
-        self.index += 1
-        return batch
+        self.step = 0
 
     def batch(self, index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.host, index])
@@ -67,13 +78,14 @@ class SyntheticIterator:
         return out
 
     def get_state(self) -> dict[str, Any]:
-        return {"index": self.index, "seed": self.seed, "host": self.host}
+        # "index": the key checkpoints written before StepIterator hold the step under
+        return {"index": self.step, "seed": self.seed, "host": self.host}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if (state["seed"], state["host"]) != (self.seed, self.host):
             raise ValueError(f"synthetic data state {state} belongs to another seed/host "
                              f"(this iterator: seed={self.seed}, host={self.host})")
-        self.index = int(state["index"])
+        self.step = int(state["index"])
 
 
 def build_iterator(data: DataConfig, *, global_batch: int, steps: int, vocab_size: int,

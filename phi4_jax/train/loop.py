@@ -1,21 +1,29 @@
 """The training loop: the one module with side effects (devices, files, signals, clocks).
 
 `run(config, workdir)` converts an experiment config once into its typed form
-(`phi4_jax.train.config.RunConfig`: an unknown key or a wrong type fails here, naming the
-field), builds everything from it (failing on a bad value before anything compiles), then
-trains:
+(`phi4_jax.train.config.RunConfig`: an unknown key, a wrong type or a value out of range fails
+here, naming the field), builds everything from it (failing on a bad value before anything
+compiles), takes the work dir's lease (`phi4_jax.train.workdir`: a second run on the same work
+dir fails at once, naming the holder), then trains:
 
-    resume order   WORKDIR/checkpoints (own run; newest good step) -> train.init_from (another
-                   phase's parameters, fresh optimizer) -> scratch (train.seed); on a fresh
-                   start the objective may fill its frozen state (`Objective.load_frozen`)
+    resume order   WORKDIR/checkpoints (own run; newest step whose checksums match and that
+                   restores) -> train.init_from (another phase's parameters, fresh optimizer)
+                   -> scratch (train.seed); on a fresh start the objective may fill its frozen
+                   state (`Objective.load_frozen`)
     finished run   a checkpoint at train.steps: nothing compiles or trains; the run's last
                    logged metrics (WORKDIR/metrics.jsonl) are printed and returned
+    first batch    its token ids must lie in [0, model.vocab_size) (else a ValueError naming
+                   the data source), checked before the step compiles
     each step      put this host's batch on the mesh, run the compiled step, then fetch the
                    PREVIOUS step's metrics (the host never waits on the step in flight)
     checkpoints    every train.checkpoint_every steps and at the end, asynchronously, with the
-                   data iterator state; SIGTERM (preemption) saves at the next step and exits
-    non-finite     a NaN/Inf loss or gradient skips that update (counted); after
-                   train.max_nonfinite_in_row such steps in a row the run aborts
+                   data iterator state, after this step's metrics row is on disk (fsync);
+                   SIGTERM (preemption) saves at the next step and exits
+    non-finite     a NaN/Inf loss or gradient skips that update (counted); a step whose loss,
+                   gradient or parameters are not finite is never checkpointed (the newest good
+                   checkpoint stays); after train.max_nonfinite_in_row such steps in a row the
+                   run aborts
+    disk full      one WorkdirError naming the step and the last good checkpoint (intact)
 """
 
 from __future__ import annotations
@@ -23,22 +31,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.experimental.multihost_utils as multihost
 import numpy as np
 
+from phi4_jax import runs
 from phi4_jax.sharding import mesh as mesh_lib
 from phi4_jax.sharding import rules as rules_lib
 from phi4_jax.train import checkpoint as ckpt_lib
 from phi4_jax.train import flops, objectives, optimizer, program
+from phi4_jax.train import workdir as workdir_lib
 from phi4_jax.train.config import RunConfig, TrainConfig
-from phi4_jax.train.metrics import MetricLogger
+from phi4_jax.train.metrics import MetricLogger, last_logged
 
 log = logging.getLogger(__name__)
 
@@ -157,16 +168,20 @@ def micro_batches(train: TrainConfig, rules: rules_lib.Rules) -> int:
 
 def run(config: Any, workdir: str, *, devices: Sequence[jax.Device] | None = None) -> RunResult:
     """Trains `config` (a RunConfig or an experiment ConfigDict) in `workdir`, resuming
-    whatever is there, up to train.steps."""
+    whatever is there, up to train.steps, holding the work dir's lease throughout (LeaseHeld,
+    naming the holder, if another run has it)."""
     run_config = RunConfig.of(config)
-    train = run_config.train
     prog = build(run_config, devices)
+    with workdir_lib.hold(workdir, timeout_s=run_config.train.lease_timeout_s) as lease:
+        return _run(run_config, prog, workdir, lease)
+
+
+def _run(run_config: RunConfig, prog: program.Program, workdir: str,
+         lease: workdir_lib.Lease | None) -> RunResult:
+    train = run_config.train
     primary = jax.process_index() == 0
     if primary:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(run_config.experiment, f, indent=2, sort_keys=True)
-
+        _write_config(workdir, run_config)
     checkpoints = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=train.keep,
                                         async_save=train.async_checkpoint)
     try:
@@ -182,10 +197,14 @@ def run(config: Any, workdir: str, *, devices: Sequence[jax.Device] | None = Non
             start = "checkpoint"
         else:
             state, start = _fresh_state(prog, train)
+        batch = next(data)
+        check_token_ids(batch, prog.model_config.vocab_size, run_config)
     except BaseException:
-        checkpoints.close()
+        _close_quietly(checkpoints)
         raise
     step = int(state.step)
+    record = runs.start(run_config, workdir, mesh=prog.mesh, data=data,
+                        resume={"start": start, "step": step})
 
     t0 = time.perf_counter()
     step_fn = prog.step.lower(*prog.abstract_inputs()).compile()
@@ -207,6 +226,7 @@ def run(config: Any, workdir: str, *, devices: Sequence[jax.Device] | None = Non
                  f"in {compile_s:.1f}s")
 
     meta = {"config": run_config.experiment}
+    saved = step if start == "checkpoint" else None  # the newest checkpoint of this run
     last: dict[str, float] = {}
     preempted = False
     pending = None  # (step number, device metrics) not yet fetched
@@ -214,24 +234,124 @@ def run(config: Any, workdir: str, *, devices: Sequence[jax.Device] | None = Non
         logger.start(step)
         try:
             while step < train.steps:
-                batch = prog.put_batch(next(data))
-                state, metrics = step_fn(state, batch)
+                if lease is not None:
+                    lease.check()
+                batch = next(data) if batch is None else batch
+                state, metrics = step_fn(state, prog.put_batch(batch))
+                batch = None
                 step += 1
                 if pending is not None:
-                    last = _report(logger, *pending, train.max_nonfinite_in_row)
+                    last = _report(logger, *pending, train.max_nonfinite_in_row, saved)
                 pending = (step, metrics)
                 preempted = preemption.reached(step)
                 if step % train.checkpoint_every == 0 or preempted or step == train.steps:
-                    checkpoints.save(step, state, ckpt_lib.json_state(data), meta)
+                    # This step's row first: a checkpoint never runs ahead of metrics.jsonl,
+                    # and a state from a non-finite step is never saved.
+                    last, pending = _report(logger, *pending, train.max_nonfinite_in_row,
+                                            saved), None
+                    if _save(checkpoints, logger, step, state, data, meta, last, saved,
+                             final=step == train.steps and not preempted):
+                        saved = step
                 if preempted:
-                    logger.event(f"SIGTERM: saved step {step}, exiting")
+                    logger.event(f"SIGTERM: saved step {step}, exiting" if saved == step else
+                                 f"SIGTERM: exiting at step {step} without saving it; "
+                                 f"{_newest(saved)} stays the newest")
                     break
             if pending is not None:
-                last = _report(logger, *pending, train.max_nonfinite_in_row)
-        finally:
-            checkpoints.close()
-            logger.close()
+                last = _report(logger, *pending, train.max_nonfinite_in_row, saved)
+        except BaseException as err:
+            full = _no_space(checkpoints, step) if ckpt_lib.disk_full(err) else None
+            _close_quietly(checkpoints, logger)
+            if full is not None:
+                raise full from None
+            raise
+        finally:  # this launch's end in WORKDIR/runs.jsonl (status from the error in flight)
+            runs.finish(record, step=step, metrics=last, preempted=preempted)
+    try:
+        checkpoints.close()  # the last save's failure, if any, surfaces here
+    finally:
+        logger.close()
     return RunResult(step=step, start=start, preempted=preempted, metrics=last)
+
+
+def _write_config(workdir: str, run_config: RunConfig) -> None:
+    try:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(run_config.experiment, f, indent=2, sort_keys=True)
+    except OSError as err:
+        if not ckpt_lib.disk_full(err):
+            raise
+        raise workdir_lib.WorkdirError(f"{workdir}: no space left on device while writing "
+                                       "config.json; free space and rerun") from None
+
+
+def _no_space(checkpoints: ckpt_lib.Checkpointer, step: int) -> workdir_lib.WorkdirError:
+    """The error for a write that found the disk full: the save in flight's, if it failed for
+    space first (it filled the disk), else one naming the metrics of `step`."""
+    try:
+        checkpoints.wait()
+    except workdir_lib.WorkdirError as err:
+        return err
+    except Exception:  # noqa: BLE001 - reported below
+        pass
+    return workdir_lib.WorkdirError(ckpt_lib.no_space_message(
+        checkpoints, f"writing the metrics of step {step}"))
+
+
+def _close_quietly(*closables: Any) -> None:
+    """Closes what a failing run opened without masking its error (a failed save raises again
+    on close; orbax's threads still stop)."""
+    for closable in closables:
+        try:
+            closable.close()
+        except Exception as err:  # noqa: BLE001
+            log.debug("closing %s after a failure: %s", type(closable).__name__, err)
+
+
+def _newest(saved: int | None) -> str:
+    return "no checkpoint" if saved is None else f"the last checkpoint (step {saved})"
+
+
+def _save(checkpoints: ckpt_lib.Checkpointer, logger: MetricLogger, step: int, state: Any,
+          data: Any, meta: dict[str, Any], scalars: dict[str, float], saved: int | None, *,
+          final: bool) -> bool:
+    """Saves `step` (after syncing metrics.jsonl) unless its loss, gradient or parameters are
+    not finite; returns whether it saved. The run's last step unsaved is an abort."""
+    if scalars["nonfinite_in_row"] == 0 and math.isfinite(scalars["param_norm"]):
+        logger.sync()
+        checkpoints.save(step, state, ckpt_lib.json_state(data), meta)
+        return True
+    why = (f"step {step} is not checkpointed: its loss, gradient norm or parameters are not "
+           f"finite ({int(scalars['nonfinite_in_row'])} non-finite step(s) in a row); "
+           f"{_newest(saved)} stays the newest")
+    if final:
+        raise NonFiniteAbort(f"the run's last {why}. Lower optimizer.peak_lr or check the data "
+                             "around this step, then rerun")
+    logger.event(why)
+    return False
+
+
+def check_token_ids(batch: Mapping[str, np.ndarray], vocab_size: int, run: RunConfig) -> None:
+    """The token ids of a (first) batch lie in [0, model.vocab_size): data tokenized for
+    another vocabulary fails here, naming its source, not as an out-of-range embedding
+    lookup (which XLA clamps silently)."""
+    for key in ("tokens", "targets"):
+        ids = np.asarray(batch[key]) if key in batch else np.zeros(0)
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise ValueError(
+                f"the first batch of {_data_source(run)} holds token id {bad} in {key!r}, outside "
+                f"model.vocab_size={vocab_size} (ids must lie in [0, {vocab_size})): the data "
+                "was tokenized for another vocabulary, or model.vocab_size is too small for it")
+
+
+def _data_source(run: RunConfig) -> str:
+    data = run.data
+    if data.source == "mixture":
+        return f"data.source='mixture' (data.mixture={data.mixture!r})"
+    if data.source == "pairs" and "dpo" in run.sections:
+        return f"data.source='pairs' (dpo.pairs={run.section('dpo').pairs!r})"
+    return f"data.source={data.source!r}"
 
 
 def _fresh_state(prog: program.Program, train: TrainConfig) -> tuple[Any, str]:
@@ -264,34 +384,15 @@ def _finished(run_config: RunConfig, workdir: str, step: int, primary: bool) -> 
     return RunResult(step=step, start="checkpoint", preempted=False, metrics=last)
 
 
-def last_logged(workdir: str, upto: int | None = None) -> tuple[int | None, dict[str, float]]:
-    """(step, scalars) of the newest step (at most `upto`) in WORKDIR/metrics.jsonl, its last
-    record (a resumed run appends the steps it redoes again), or (None, {})."""
-    best: tuple[int | None, dict[str, float]] = (None, {})
-    try:
-        with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a torn last line of a killed run
-                    continue
-                step = record.pop("step", None)
-                if not isinstance(step, int) or (upto is not None and step > upto):
-                    continue
-                if best[0] is None or step >= best[0]:
-                    best = (step, record)
-    except OSError:
-        pass
-    return best
-
-
-def _report(logger: MetricLogger, step: int, metrics: Any, max_in_row: int) -> dict[str, float]:
+def _report(logger: MetricLogger, step: int, metrics: Any, max_in_row: int,
+            saved: int | None) -> dict[str, float]:
     scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
     logger.record(step, scalars)
     if scalars["nonfinite_in_row"] >= max_in_row:
         raise NonFiniteAbort(
             f"aborting at step {step}: {int(scalars['nonfinite_in_row'])} consecutive steps had "
             f"a non-finite loss or gradient norm (train.max_nonfinite_in_row={max_in_row}); "
-            f"updates were skipped, the last checkpoint is unaffected. Lower "
-            "optimizer.peak_lr, check the data around this step, or raise the limit.")
+            f"updates were skipped and nothing was saved from them: {_newest(saved)} is "
+            "unaffected. Lower optimizer.peak_lr, check the data around this step, or raise "
+            "the limit.")
     return scalars

@@ -1,9 +1,11 @@
 """Where metrics go: a console progress line, TensorBoard, metrics.jsonl and optionally W&B.
 
 Every step's scalars are appended to WORKDIR/metrics.jsonl (exact float values; a resumed run
-appends the steps it redoes again, the last record of a step wins). Every `log_every` steps the
-console gets one line with rate and ETA and TensorBoard gets all scalars plus the derived
-throughput (tokens/s, step time, model FLOP/s, MFU).
+appends the steps it redoes again, the last record of a step wins), flushed to the OS at once
+(a killed process loses no row) and fsynced by `sync()`, which the loop calls before each
+checkpoint save: every row up to a checkpoint's step is on disk before the checkpoint is. Every
+`log_every` steps the console gets one line with rate and ETA and TensorBoard gets all scalars
+plus the derived throughput (tokens/s, step time, model FLOP/s, MFU).
 """
 
 from __future__ import annotations
@@ -87,9 +89,9 @@ class MetricLogger:
         if not self.writer:
             return values if logged else None
         self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self._jsonl.flush()
         if not logged:
             return None
-        self._jsonl.flush()
         print(self.line(step, values), flush=True)
         if self._tb:
             for name, value in values.items():
@@ -113,6 +115,14 @@ class MetricLogger:
             parts.append(f"SKIPPED non-finite ({int(v['nonfinite_in_row'])} in a row)")
         return " | ".join(parts)
 
+    def sync(self) -> None:
+        """Every row recorded so far on disk (fsync), TensorBoard's events flushed."""
+        if self._jsonl:
+            self._jsonl.flush()
+            os.fsync(self._jsonl.fileno())
+        if self._tb:
+            self._tb.flush()
+
     def event(self, message: str) -> None:
         if self.writer:
             print(message, flush=True)
@@ -123,6 +133,27 @@ class MetricLogger:
                 handle.close()
         if self._wandb:
             self._wandb.finish()
+
+
+def last_logged(workdir: str, upto: int | None = None) -> tuple[int | None, dict[str, float]]:
+    """(step, scalars) of the newest step (at most `upto`) in WORKDIR/metrics.jsonl, its last
+    record (a resumed run appends the steps it redoes again), or (None, {})."""
+    best: tuple[int | None, dict[str, float]] = (None, {})
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a torn last line of a killed run
+                    continue
+                step = record.pop("step", None)
+                if not isinstance(step, int) or (upto is not None and step > upto):
+                    continue
+                if best[0] is None or step >= best[0]:
+                    best = (step, record)
+    except OSError:
+        pass
+    return best
 
 
 def _ends_with_newline(path: str) -> bool:

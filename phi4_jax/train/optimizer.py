@@ -6,10 +6,11 @@ Schedule (step s counts applied updates, starting at 0):
     W <= s <  E:     lr = peak + (floor - peak) * (s - W) / (E - W)
     s >= E:          lr = floor                    with floor = peak * min_lr_ratio
 
-where W = warmup_steps and E = decay_end (the run's step count unless set; a run shorter than
-its warm-up simply ends warming up). The paper states
-linear warm-up and linear decay with peak 3e-4; the floor is not stated (we default to 10% of
-the peak).
+where W = warmup_steps and E = decay_end (the run's step count unless set); W > E is a config
+error (`OptimizerConfig.check_schedule`), as is any value out of its range (a negative or NaN
+learning rate or weight decay, b1 / b2 outside [0, 1), ...: `OptimizerConfig`, naming the
+field). The paper states linear warm-up and linear decay with peak 3e-4; the floor is not stated
+(we default to 10% of the peak).
 
 Weight decay 0.1 is decoupled (AdamW) and constant. Parameters whose path matches any regular
 expression in `decay_exclude` get no decay; the default excludes the RMSNorm scales (`*_norm/`),
@@ -90,12 +91,46 @@ class OptimizerConfig:
     weight_decay: float  # decoupled, constant
     decay_exclude: tuple[str, ...]  # regexes on parameter paths that get no decay
 
+    def __post_init__(self) -> None:
+        """Every value in its range (ConfigError naming the field), before anything compiles."""
+        from phi4_jax.train.config import ConfigError, check_number  # config imports this module
+
+        if self.name != "adamw":
+            raise ConfigError(f"optimizer.name={self.name!r}; only 'adamw' is implemented")
+        check_number("optimizer.peak_lr", self.peak_lr, minimum=0.0)
+        check_number("optimizer.min_lr_ratio", self.min_lr_ratio, minimum=0.0, maximum=1.0)
+        check_number("optimizer.b1", self.b1, minimum=0.0, maximum=1.0, strict_max=True)
+        check_number("optimizer.b2", self.b2, minimum=0.0, maximum=1.0, strict_max=True)
+        check_number("optimizer.eps", self.eps, minimum=0.0, strict=True)
+        check_number("optimizer.weight_decay", self.weight_decay, minimum=0.0)
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")
+        if self.decay_steps is not None and self.decay_steps <= 0:
+            raise ConfigError(f"optimizer.decay_steps={self.decay_steps} must be positive "
+                              "(None: decay over train.steps)")
+        for pattern in self.decay_exclude:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ConfigError(f"optimizer.decay_exclude: {pattern!r} is not a regular "
+                                  f"expression ({err})") from None
+
+    def check_schedule(self, total_steps: int) -> None:
+        """The warm-up ends by the decay's end (optimizer.decay_steps, else train.steps)."""
+        from phi4_jax.train.config import ConfigError
+
+        end, where = ((self.decay_steps, "optimizer.decay_steps") if self.decay_steps is not None
+                      else (total_steps, "train.steps"))
+        if self.warmup_steps > end:
+            raise ConfigError(
+                f"optimizer.warmup_steps={self.warmup_steps} is longer than {where}={end}: the "
+                f"learning rate would never reach optimizer.peak_lr={self.peak_lr:g} nor decay; "
+                f"set --exp.optimizer.warmup_steps to at most {end}")
+
 
 def from_config(opt: OptimizerConfig, clip_norm: float | None, total_steps: int
                 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optimizer and its schedule from a run's `optimizer` section."""
-    if opt.name != "adamw":
-        raise ValueError(f"optimizer.name={opt.name!r}; only 'adamw' is implemented")
     decay_end = opt.decay_steps if opt.decay_steps is not None else total_steps
     lr = schedule(opt.peak_lr, opt.warmup_steps, decay_end, opt.min_lr_ratio)
     tx = adamw(lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,

@@ -41,6 +41,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from phi4_jax import cli
@@ -302,6 +303,33 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def hold(workdir: str, *, timeout_s: float) -> Iterator[Lease | None]:
+    """The work dir's lease for a (multi-host) run: process 0 takes it and the others learn
+    whether it did (they get None); released on the way out, exceptions included."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    lease, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lease = acquire(workdir, timeout_s=timeout_s)
+        except Exception as err:  # noqa: BLE001 - shared with the other hosts, then raised
+            error = err
+    if jax.process_count() > 1 and not multihost_utils.broadcast_one_to_all(
+            np.int32(error is None)):
+        error = error or LeaseHeld(f"{workdir}: process 0 could not take the work dir's lease "
+                                   "(its log says why)")
+    if error is not None:
+        raise error
+    try:
+        yield lease
+    finally:
+        if lease is not None:
+            lease.release()
 
 
 def acquire(workdir: str, *, timeout_s: float, run_id: str | None = None) -> Lease:

@@ -1,5 +1,6 @@
 """Sandbox tests: API, adversarial programs (each asserts the status *and* that the host is
-unharmed), the documented fallbacks, and HumanEval end to end.  No network needed."""
+unharmed), the documented fallbacks.  Tests taking ``backend`` or ``iso`` run once per sandbox
+backend available here (conftest.py).  No network needed."""
 
 from __future__ import annotations
 
@@ -18,20 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from phi4_jax.synth import (
-    SandboxConfig,
-    probe_isolation,
-    run_python,
-)
+from phi4_jax.synth import SandboxConfig, run_python
 
 REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
 FALLBACK = SandboxConfig(namespaces=False, isolate_network=False, seccomp=False)
-
-
-@pytest.fixture(scope="module")
-def iso() -> dict:
-    return probe_isolation()
 
 
 def _marker() -> str:
@@ -94,7 +86,7 @@ def test_run_ok_with_stdin_files_args(iso):
     assert r.isolation["rlimits"]["core_bytes"] == 0
 
 
-def test_errors_and_exit_codes():
+def test_errors_and_exit_codes(backend):
     r = run_python("raise ValueError('bad input')")
     assert r.status == "error" and r.returncode == 1
     assert r.reason == "ValueError: bad input" and "Traceback" in r.stderr
@@ -111,7 +103,7 @@ def test_bad_arguments():
         run_python("pass", files={"main.py": "x"})
 
 
-def test_workdir_removed_and_fresh():
+def test_workdir_removed_and_fresh(backend):
     r1 = run_python("import os; print(os.getcwd()); open('left.txt', 'w').write('x')")
     r2 = run_python("import os; print(sorted(os.listdir('.')))")
     assert r1.ok and r2.ok
@@ -121,7 +113,8 @@ def test_workdir_removed_and_fresh():
 
 def test_isolation_report_is_complete(iso):
     """Every protection is either active or listed as unavailable with a reason."""
-    wanted = ["network_namespace", "mount_namespace", "pid_namespace", "seccomp", "no_new_privs"]
+    wanted = ["network_namespace", "mount_namespace", "pid_namespace", "seccomp", "no_new_privs",
+              "private_root", "memory_cgroup"]
     wanted += ["privileges_dropped"] if IS_ROOT else []
     for name in wanted:
         assert iso[name] or iso["unavailable"].get(name), (name, iso)
@@ -144,7 +137,7 @@ def test_strict_mode(iso):
 # ----------------------------------------------------------------------------- adversarial
 
 
-def test_infinite_loop_wall_and_cpu_limits():
+def test_infinite_loop_wall_and_cpu_limits(backend):
     # The CPU limit defaults to ceil(timeout_s): a busy loop would race the two; raise it here.
     r = run_python("while True: pass", config=SandboxConfig(timeout_s=1, cpu_s=10))
     assert r.status == "timeout" and "wall-clock" in r.reason and r.wall_s < 4
@@ -153,7 +146,7 @@ def test_infinite_loop_wall_and_cpu_limits():
     assert r.wall_s < 5
 
 
-def test_sleep_timeout_kills_whole_group():
+def test_sleep_timeout_kills_whole_group(backend):
     marker = _marker()
     code = ("import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        break\n"
             "time.sleep(100)")
@@ -177,7 +170,7 @@ def test_fork_bomb(iso):
     assert subprocess.run(["true"]).returncode == 0  # the host can still fork
 
 
-def test_memory_bomb():
+def test_memory_bomb(backend):
     r = run_python("x = []\nwhile True:\n    x.append(bytearray(10**7))", memory_mb=256)
     assert r.status == "memory" and "256 MiB" in r.reason and r.wall_s < 10
     assert r.isolation["rlimits"]["memory_bytes"] == 256 << 20
@@ -307,7 +300,7 @@ def test_checkout_and_homes_hidden(iso):
     assert "READ /etc/hostname" in r.stdout
 
 
-def test_huge_output_is_capped():
+def test_huge_output_is_capped(backend):
     code = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"
     r = run_python(code, max_output_bytes=100_000, timeout_s=5)
     assert r.status == "output_limit" and r.truncated and r.wall_s < 4
@@ -319,7 +312,7 @@ def test_huge_output_is_capped():
     assert r.ok and not r.truncated and len(r.stdout) == 99_001
 
 
-def test_parent_environment_secrets_hidden(monkeypatch):
+def test_parent_environment_secrets_hidden(backend, monkeypatch):
     monkeypatch.setenv("PHI4_SANDBOX_SECRET", "s3cr3t-value")
     code = ("import os, sys\nprint(dict(os.environ))\nfor pid in sys.argv[1:]:\n    try:\n"
             "        print(open(f'/proc/{pid}/environ', 'rb').read())\n"

@@ -1,7 +1,10 @@
-"""Preemption and crashes, in real subprocesses of `python -m launch.local`.
+"""Preemption, crashes and a hostile work dir, in real subprocesses of `python -m launch.local`.
 
 kill -9 in the middle of a run, then the same command again: the loss of every step is bitwise
-identical to an uninterrupted run. SIGTERM saves a checkpoint at the next step and exits 0.
+identical to an uninterrupted run (every step's row up to the newest checkpoint survived the
+kill; the relaunch takes over the dead run's lease at once). SIGTERM saves a checkpoint at the
+next step and exits 0. A second run on a busy work dir is refused in one line; a corrupt newest
+checkpoint costs one line and the run ends as if uninterrupted; a full disk is one line, exit 2.
 The subprocesses share a persistent compilation cache so only the first one compiles.
 """
 
@@ -13,6 +16,9 @@ import sys
 import time
 
 import pytest
+
+from tests.train.test_checkpoint import flip_bytes, largest_data_file
+from tests.train.test_disk_full import mount_tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -81,8 +87,11 @@ def test_kill9_and_resume_is_bitwise_identical(tmp_path, env, uninterrupted):
     proc.wait()
     killed_at = max(losses(workdir))
     assert killed_at < STEPS, "the run finished before it could be killed"
+    newest = max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert set(range(1, newest + 1)) <= set(losses(workdir))  # rows reach every checkpoint
     out = finish(workdir, env)
     assert "start from checkpoint at step" in out
+    assert "took over the lease of run" in out and "on this host is gone" in out
     resumed = losses(workdir)
     assert sorted(resumed) == list(range(1, STEPS + 1))
     assert resumed == uninterrupted  # exact float equality, every step
@@ -101,3 +110,55 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, env, uninterrupted):
     assert os.path.isdir(os.path.join(workdir, "checkpoints", str(saved)))
     finish(workdir, env)
     assert losses(workdir) == uninterrupted
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path, env, uninterrupted):
+    workdir = str(tmp_path)
+    first = start(workdir, env)
+    wait_for_checkpoint(workdir, 4, first)
+    second = start(workdir, env)
+    out, _ = second.communicate(timeout=600)
+    assert second.returncode == 2, out[-3000:]
+    assert out.startswith(f"python -m launch.local: error: {workdir} is in use by run ")
+    assert f"pid {first.pid}; last heartbeat" in out and len(out.splitlines()) == 1, out
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    assert losses(workdir) == uninterrupted  # the first run never noticed
+
+
+def test_a_corrupt_newest_checkpoint_costs_one_line(tmp_path, env, uninterrupted):
+    workdir = str(tmp_path)
+    finish(workdir, env)
+    flip_bytes(largest_data_file(tmp_path / "checkpoints" / str(STEPS)))
+    out = finish(workdir, env)
+    lines = out.splitlines()
+    corrupt = [line for line in lines if "corrupt" in line]
+    assert len(corrupt) == 1 and f"checkpoint step {STEPS} is corrupt" in corrupt[0], out
+    assert f"restoring step {STEPS - 4}" in corrupt[0] and "Traceback" not in out
+    assert f"start from checkpoint at step {STEPS - 4}" in out
+    assert len(lines) == 1 + 1 + 4, out  # the corrupt line, the header, 4 steps
+    assert losses(workdir) == uninterrupted
+
+
+def test_a_full_disk_is_one_line_and_exit_2(tmp_path, env):
+    disk = mount_tmpfs(tmp_path / "disk", "8m")  # one checkpoint (4.8 MiB) fits, not two
+    try:
+        workdir = str(disk / "run")
+        proc = start(workdir, env)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 2, out[-3000:]
+        lines = out.splitlines()
+        errors = [line for line in lines if line.startswith("python -m launch.local: error:")]
+        assert len(errors) == 1, out[-3000:]
+        assert errors[0].startswith(
+            f"python -m launch.local: error: {workdir}: no space left on device while saving "
+            f"step 8; the last good checkpoint is step 4 ({workdir}/checkpoints/4, "), out
+        assert errors[0].endswith(" MiB, intact): free space or lower train.keep, then rerun "
+                                  "the same command to resume from it"), out
+        assert "Traceback" not in out and "sys.meta_path" not in out
+        # Nothing else: the header, the step lines up to where the failure surfaced, the error.
+        others = [line for line in lines[1:] if not line.startswith("step ")]
+        assert others == errors, out[-3000:]
+        assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -127,16 +127,15 @@ ffi::Error SmallMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Phi4SmallMatmul, SmallMatmulImpl<ffi::F32>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// One binding for both weight types: activations and output are float32, the packed panels
+// float32 or bfloat16 (widened in registers).
+#define PHI4_SMALL_MATMUL_HANDLER(name, weight_type)                                      \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, SmallMatmulImpl<ffi::weight_type>,                 \
+                                ffi::Ffi::Bind()                                         \
+                                    .Ctx<ffi::ThreadPool>()                              \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                        \
+                                    .Arg<ffi::Buffer<ffi::weight_type>>()                \
+                                    .Ret<ffi::Buffer<ffi::F32>>())
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(Phi4SmallMatmulBf16, SmallMatmulImpl<ffi::BF16>,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+PHI4_SMALL_MATMUL_HANDLER(Phi4SmallMatmul, F32);
+PHI4_SMALL_MATMUL_HANDLER(Phi4SmallMatmulBf16, BF16);

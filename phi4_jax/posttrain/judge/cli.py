@@ -140,20 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest judge reply")
     parser.add_argument("--json_mode", action="store_true",
                         help="ask the judge server for response_format json_object")
-    parser.add_argument("--max_workers", type=int, default=8, help="concurrent requests")
-    parser.add_argument("--max_retries", type=int, default=3, help="client retries per request")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    parser.add_argument("--tokenizer_name", default="phi4",
-                        help="the pairs' tokenizer field (match the other dpo.pairs files)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    remote.add_request_flags(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not os.path.isfile(args.input):
-        raise cli.UsageError(f"--input {args.input}: no such file" if not os.path.exists(
-            args.input) else f"--input {args.input}: not a regular file")
+    args = remote.start_command(build_parser(), argv, PROG)
     text = remote.Phi4Text(args.tokenizer_name)
     report = BadInputReport(REASONS)
     specs = read_prompts(args.input, report)

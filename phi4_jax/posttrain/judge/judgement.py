@@ -85,6 +85,7 @@ class Judgement:
 
 
 _SCAN = re.compile(r'[{}"\\]')
+_OBJECT = re.compile(r'\{\s*["}]')
 
 
 def _fenced_blocks(text: str, limit: int) -> list[str]:
@@ -135,8 +136,8 @@ def _json_object(text: str, max_chars: int = MAX_REPLY_CHARS) -> Any:
         raise JudgeParseError(f"the reply has {len(text)} characters, over the {max_chars} "
                               "scanned for a judgement", reason="oversized")
     candidates = [text.strip(), *_fenced_blocks(text, MAX_CANDIDATES - 1)]
-    if len(candidates) < MAX_CANDIDATES:
-        spans = sorted(_brace_spans(text))
+    if len(candidates) < MAX_CANDIDATES:  # spans that can open an object: '{"' or '{}'
+        spans = [(d, a, b) for d, a, b in sorted(_brace_spans(text)) if _OBJECT.match(text, a)]
         candidates += [text[a:b] for _, a, b in spans[:MAX_CANDIDATES - len(candidates)]]
     for c in candidates:
         try:

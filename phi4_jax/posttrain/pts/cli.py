@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from phi4_jax import cli
+from phi4_jax import cli, runs
 from phi4_jax.io import atomic_write_json, atomic_write_text
 from phi4_jax.io.jsonl import read_objects
 from phi4_jax.posttrain.pts.oracles import ORACLES, Oracle, Question, oracle_for
@@ -280,6 +280,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> RunSummary:
     from phi4_jax.posttrain.sampler import ModelSampler
 
     path = args.model or smollm2_path()
+    runs.write_job_record(args.out, job=prog, argv=argv, config=vars(args),
+                          inputs=[args.questions, path])
     tokenizer = GGUFTokenizer(path)
     stops = [tokenizer.eos_id]
     if args.stop_newline:  # "\n" and "\n\n" are distinct tokens in byte-level BPE vocabularies

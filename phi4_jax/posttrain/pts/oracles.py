@@ -27,7 +27,8 @@ class Question:
 
     prompt: the user message. answer: the gold answer (math) or letter (multiple choice).
     tests / entry_point / context: code problems (HumanEval: tests define `check(candidate)`).
-    choices: multiple-choice options (letters A, B, ... in order).
+    choices: multiple-choice options (letters A, B, ... in order); in a questions file a
+      list of strings (a string is refused, not split into letters).
     reply_prefix: text the assistant's reply is forced to start with (part of the prompt ids).
     """
 

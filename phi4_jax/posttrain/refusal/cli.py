@@ -63,19 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accuracy from which the SFT example answers instead of refusing")
     parser.add_argument("--truncate", type=int, default=RefusalConfig.truncate,
                         help="tokens kept of each pair completion")
-    parser.add_argument("--max_workers", type=int, default=8, help="concurrent requests")
-    parser.add_argument("--max_retries", type=int, default=3, help="client retries per request")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    parser.add_argument("--tokenizer_name", default="phi4",
-                        help="the pairs' tokenizer field (match the other dpo.pairs files)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    remote.add_request_flags(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not os.path.isfile(args.input):
-        raise cli.UsageError(f"--input {args.input}: no such file")
+    args = remote.start_command(build_parser(), argv, PROG)
     config = RefusalConfig(samples=args.num_samples, usually=args.usually,
                            truncate=args.truncate)
     report = BadInputReport(SEED_REASONS | REASONS)

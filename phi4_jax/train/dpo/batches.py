@@ -45,6 +45,7 @@ from phi4_jax import cli
 from phi4_jax.data.row_layout import best_fit, name_key
 from phi4_jax.io.bad_input import BadInputReport
 from phi4_jax.posttrain.records import fingerprint_ids, iter_records
+from phi4_jax.train.inputs import StepIterator
 
 STATE_VERSION = 1
 WINDOW = 4096
@@ -171,7 +172,7 @@ def fill(pairs: PairSet, rows: Sequence[np.ndarray], seq_len: int,
     return out
 
 
-class PairIterator:
+class PairIterator(StepIterator):
     """This host's DPO batches; JSON state (`get_state` / `set_state`), exact resume."""
 
     def __init__(self, pairs: PairSet, *, seq_len: int, global_batch: int, seed: int = 0,
@@ -216,14 +217,6 @@ class PairIterator:
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         return fill(self.pairs, self.rows(step), self.seq_len, self.reference)
-
-    def __iter__(self) -> PairIterator:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        out = self.batch(self.step)
-        self.step += 1
-        return out
 
     def _plan(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "fingerprint": self.pairs.fingerprint,
