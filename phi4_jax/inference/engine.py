@@ -7,7 +7,8 @@
         seg.tokens[b, :seg.count[b]]     # row b's new tokens (and their log-probs)
 
 `generate` decodes a batch in one compiled call; a `Wave` runs the same program pieces
-(`loop.py`) in segments of `width` steps, returning to the host in between, so the caller can
+(`loop.py`): `start` prefills and draws the first token (the time to first token), then
+`advance` decodes segments of `width` steps, returning to the host in between, so the caller can
 stream tokens, check stop strings and drop rows whose client went away. The loop carry (with
 the KV cache) is donated from one segment to the next.
 
@@ -17,8 +18,9 @@ per shape serves any mix of requests. Row b continues prompt b // group; a row o
 j-th sample drawn with key fold_in(key(seed), j) gives the tokens `generate(prompts, n=...,
 key=jax.random.key(seed))` gives its row j (the same program pieces and sampler).
 
-Compiled programs: one start (prefill + first segment) per (prompt bucket, prompt length bucket,
-group, new-token bucket, top_n) and one advance per (rows, cache shape, top_n).
+Compiled programs: one start (prefill + first token; no loop body) per (prompt bucket, prompt
+length bucket, group, new-token bucket, top_n) and one advance (the unrolled step) per (rows,
+cache shape, top_n).
 """
 
 from __future__ import annotations
@@ -114,19 +116,19 @@ class Wave:
         stops = stop_array(tuple(stop_tokens))
         carry, out, rows_c = _start_jit(
             graphdef, state, layers, tokens, lens, active, keys, samples, max_new, sampling,
-            stops, np.int32(pad_id), group=group, new_bucket=bucket(longest, 16), width=width,
-            top_n=top_n)
+            stops, np.int32(pad_id), group=group, new_bucket=bucket(longest, 16), top_n=top_n)
         return cls(model, layers, carry, out, rows_c, sampling, stops, pad_id, width, top_n,
                    len(rows))
 
     def advance(self, cancel: Sequence[int] = ()) -> Segment:
-        """The next segment: up to `width` tokens per live row. Rows listed in `cancel` are done
-        before it (their slots stop producing output; the batch ends when every row is done)."""
+        """The next segment: up to `width` tokens per live row (the first call: the first
+        token, drawn by `start`). Rows listed in `cancel` are done before it (they stop
+        producing output; the batch ends when every row is done)."""
         if self.finished:
             raise RuntimeError("the wave is finished")
         if self._pending is not None:
             out, self._pending = self._pending, None
-            if len(cancel):  # cancelled during the first segment: stop them from here
+            if len(cancel):  # cancelled after the first token: stop them from here
                 self._carry = self._carry._replace(
                     done=self._carry.done | _mask(self._lengths.size, cancel))
         else:
@@ -153,20 +155,18 @@ def _mask(b: int, rows: Sequence[int]) -> np.ndarray:
     return m
 
 
-@functools.partial(jax.jit, static_argnums=(0,),
-                   static_argnames=("group", "new_bucket", "width", "top_n"))
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("group", "new_bucket", "top_n"))
 def _start_jit(graphdef, state, layers, tokens, lengths, active, key_data, samples, max_new,
-               sampling, stop_ids, pad_id, *, group: int, new_bucket: int, width: int,
-               top_n: int):
+               sampling, stop_ids, pad_id, *, group: int, new_bucket: int, top_n: int):
+    """Prefill and the first token: the loop body is only compiled into `_advance_jit`."""
     model = nnx.merge(graphdef, state)
     keys = jax.vmap(lambda k, j: jax.random.fold_in(jax.random.wrap_key_data(k), j))(
         key_data, samples)
     rows = loop_lib.Rows(keys=keys, max_new=max_new, prompt_lens=lengths)
     cache, logits = loop_lib.prefill(model, layers, tokens, lengths, group, new_bucket)
-    out = loop_lib.Out.zeros(keys.shape[0], width, pad_id, top_n=top_n)
+    out = loop_lib.Out.zeros(keys.shape[0], 1, pad_id, top_n=top_n)
     carry, out = loop_lib.emit(loop_lib.start(cache, active), out, logits, rows, sampling,
                                stop_ids, pad_id)
-    carry, out = loop_lib.run(model, layers, carry, out, rows, sampling, stop_ids, pad_id)
     return carry, out, rows
 
 

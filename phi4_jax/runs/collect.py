@@ -8,12 +8,13 @@
     environment()  the variables that change compilation or numerics (XLA_FLAGS, JAX_*, ...)
     stores(it)     the token stores of a data iterator (the mixture pipeline's), by source name
     mixture_stores(data)  the same from a `data` config section, read from the manifests
-    files(paths)   sha256 per local file (a listing digest per directory), URL and generation
-                   per gs:// object
+    files(paths)   sha256 per local file (a listing digest per directory, the fingerprint of
+                   a token store directory), URL and generation per gs:// object
     seeds(config)  every field named `seed` (or `*_seed`) of a config, by dotted path
 
-Every collector returns JSON values and never raises for a missing tool: what it cannot tell is
-None, with the reason under "error".
+Collectors return JSON values. What one cannot tell (no git checkout, a missing input, no GCS
+client) is None or an entry with the reason under "error"; `phi4_jax.runs.record` also turns
+any exception of a collector into such an entry, so collecting never fails a run.
 """
 
 from __future__ import annotations

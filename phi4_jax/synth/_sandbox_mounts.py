@@ -9,7 +9,9 @@ processes, so ``/proc/1/cmdline`` is the sandbox init), size-limited tmpfs ``/tm
 ``/dev/shm`` and work dir (the parent's files copied in), empty read-only tmpfs over
 ``covers``; then remounts the root tmpfs read-only and ``pivot_root``\\ s into it (falling back
 to ``MS_MOVE`` + ``chroot`` where the old root cannot be pivoted, e.g. an initramfs), and
-detaches the host's tree.  See ``_sandbox_paths.py`` for what is visible and why.
+detaches the host's tree.  On failure before the switch it detaches the new root again, and the
+caller records ``private_root`` as unavailable.  See ``_sandbox_paths.py`` for what is visible
+and why.  ``reexpose`` serves the bubblewrap backend (see there).
 """
 
 from __future__ import annotations
