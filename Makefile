@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.phi4_jax_installed
 
-.PHONY: setup train demo test test-fast lint bench
+.PHONY: setup train demo serve test test-fast lint bench
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ train: setup
 # Load SmolLM2-135M (real weights, GGUF) and generate.
 demo: setup
 	JAX_PLATFORMS=cpu $(PY) -m launch.demo
+
+# Serve SmolLM2-135M (real weights, GGUF) over the OpenAI API on 127.0.0.1:8000, offline.
+serve: setup
+	JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 $(PY) -m phi4_jax.serve --served_model_name=smollm2 \
+		--model=$$($(PY) -c "from phi4_jax.convert.gguf import smollm2_path; print(smollm2_path())")
 
 # The whole test suite, slow group included (this is what CI runs).
 test: setup

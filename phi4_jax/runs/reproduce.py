@@ -64,25 +64,21 @@ def source_ref(spec: str, record: Mapping[str, Any]) -> dict[str, Any]:
             "launch": record.get("launch"), "id": record.get("id")}
 
 
-def current(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The code, packages and inputs a run of `config` would have here, now."""
-    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
-    try:
-        stores = collect.mixture_stores(data)
-    except Exception as e:  # noqa: BLE001 - e.g. a mixture that no longer loads
-        stores = {"(mixture)": {"fingerprint": None, "error": f"{type(e).__name__}: {e}"}}
+def current(config: Mapping[str, Any], stores: Mapping[str, Any]) -> dict[str, Any]:
+    """The code, packages and inputs a run of `config` would have here, now; `stores`: what the
+    caller found behind the config's data section (`phi4_jax.data.pipeline.mixture_stores`)."""
     return {"code": collect.code(), "packages": collect.packages(),
             "data": {"stores": stores, "files": collect.files(collect.config_inputs(config))}}
 
 
 def check(spec: str, record: Mapping[str, Any], config: Any, *, strict: bool,
-          prog: str = "reproduce", out=None) -> list[str]:
+          stores: Mapping[str, Any], prog: str = "reproduce", out=None) -> list[str]:
     """Warns (on `out`, default stderr) about each difference between the record and a run of
     `config` here; with `strict`, raises cli.UsageError naming them instead. Returns them."""
     plain = json.loads(config.to_json_best_effort()) if hasattr(
         config, "to_json_best_effort") else dict(config)
     source = source_ref(spec, record)["spec"]
-    found = diff.differences(record, current(plain), STRICT_SECTIONS)
+    found = diff.differences(record, current(plain, stores), STRICT_SECTIONS)
     if found and strict:
         raise cli.UsageError(
             f"--strict: {source} was recorded under other code, packages or inputs than this "

@@ -135,9 +135,12 @@ class HFCodec(_Base):
             with open(jinja, encoding="utf-8") as f:
                 template = f.read()
         self.chat_template = template if isinstance(template, str) else None
-        name = lambda key: (config.get(key) or {}).get("content") if isinstance(
-            config.get(key), dict) else config.get(key)
-        lookup = lambda key, default: (self._id(name(key)) if name(key) else None) or default
+        def lookup(key: str, default: int | None) -> int | None:
+            value = config.get(key)
+            token = value.get("content") if isinstance(value, dict) else value
+            found = self._id(token) if isinstance(token, str) else None
+            return default if found is None else found
+
         self.eos_id, self.bos_id = lookup("eos_token", eos_id), lookup("bos_token", bos_id)
         self.stop_ids = self._stops()
 

@@ -12,11 +12,10 @@ save is complete, so a step directory only exists once all of it is on disk):
         meta/metadata           JSON: step, experiment config, wall time
         checksums.json          size and CRC-32 of every file above
 
-Sealing: once every host's files of a step are written, and before orbax commits the step (the
-rename), process 0 reads them back and writes checksums.json (orbax's own checks cover only the
-zarr3 shard index, not the data). A committed step therefore always carries its checksums.
-CRC-32 (zlib) runs at ~2.5 GB/s here against ~1.1 GB/s for SHA-256; any flip of up to 32
-adjacent bits is always caught, and a changed size (truncation) before any byte is read.
+Sealing (phi4_jax/train/seal.py): once every host's files of a step are written, and before
+orbax commits the step (the rename), process 0 reads them back and writes checksums.json
+(orbax's own checks cover only the zarr3 shard index, not the data): a committed step always
+carries its checksums.
 
 Restore walks the steps newest first; a step whose files do not match its checksums, or that
 orbax fails to restore, is reported in one line (`checkpoint step N is corrupt: REASON;
@@ -35,17 +34,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import gc
 import json
 import logging
 import os
 import re
-import sys
-import time
-import traceback
-import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -54,8 +47,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from phi4_jax.train import seal as seal_lib
+from phi4_jax.train.seal import MANIFEST, disk_full, seal, verify
 from phi4_jax.train.state import TrainState
 from phi4_jax.train.workdir import WorkdirError
+
+__all__ = ["MANIFEST", "Checkpointer", "DataStateHandler", "HostCountError", "disk_full",
+           "json_state", "no_space_message", "restore_params", "seal", "set_json_state",
+           "step_dirs", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -134,122 +133,6 @@ def set_json_state(iterator: Any, state: Any) -> None:
     iterator.set_state(state)
 
 
-MANIFEST = "checksums.json"
-# Top-level files that orbax writes or rewrites around the commit: its bookkeeping, not data.
-_UNSEALED = ("_CHECKPOINT_METADATA", "commit_success.txt", MANIFEST)
-_CHUNK = 16 * 2**20
-
-
-def _digest(path: epath.Path) -> tuple[int, str]:
-    """(size, CRC-32 as 8 hex digits) of a file, read in 16 MiB chunks."""
-    size, crc = 0, 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            size, crc = size + len(chunk), zlib.crc32(chunk, crc)
-    return size, f"{crc:08x}"
-
-
-def _data_files(step_dir: epath.Path, prefix: str = "") -> Iterator[tuple[str, epath.Path]]:
-    for path in sorted(step_dir.iterdir()):
-        rel = f"{prefix}{path.name}"
-        if path.is_dir():
-            yield from _data_files(path, f"{rel}/")
-        elif rel not in _UNSEALED:
-            yield rel, path
-
-
-def seal(step_dir: str | epath.Path) -> float:
-    """Writes STEP/checksums.json over every data file of a step; returns the seconds taken."""
-    start = time.perf_counter()
-    step_dir = epath.Path(step_dir)
-    files = {}
-    for rel, path in _data_files(step_dir):
-        size, crc = _digest(path)
-        files[rel] = {"size": size, "crc32": crc}
-    (step_dir / MANIFEST).write_text(json.dumps({"algorithm": "crc32", "files": files}))
-    return time.perf_counter() - start
-
-
-def verify(step_dir: str | epath.Path) -> str | None:
-    """What is wrong with a step's files (None: they match checksums.json, or it has none)."""
-    step_dir = epath.Path(step_dir)
-    manifest = step_dir / MANIFEST
-    if not manifest.exists():
-        log.info("%s has no %s (saved before checkpoints were sealed): restoring it unverified",
-                 step_dir, MANIFEST)
-        return None
-    try:
-        expected = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as err:
-        return f"{MANIFEST} is unreadable ({type(err).__name__})"
-    for rel, want in expected.items():
-        path = step_dir / rel
-        if not path.exists():
-            return f"{rel} is missing"
-        size, crc = _digest(path)
-        if size != want["size"]:
-            return f"{rel} has {size} bytes where {want['size']} were written (truncated)"
-        if crc != want["crc32"]:
-            return (f"{rel} does not match its checksum (CRC-32 {crc}, written {want['crc32']}): "
-                    "its bytes changed on disk")
-    return None
-
-
-def disk_full(err: BaseException | None) -> bool:
-    """Whether `err` (or what caused it) is ENOSPC, as an OSError or in tensorstore's text."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(err) or "os_error_code='28'" in str(err):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
-class _DropDiskFullLogs(logging.Filter):
-    """Orbax logs a save that ran out of space from several threads, each with a traceback; the
-    Checkpointer reports it once itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (disk_full(exc) or "No space left on device" in str(record.msg))
-
-
-def _drop_stray_wakeups() -> None:
-    """Installs (once) a sys.unraisablehook filter for one harmless message: a tensorstore write
-    that completes after orbax closed the asyncio loop waiting on it (which a failed save does:
-    its other writes finish later) tries to wake that loop, and tensorstore reports the
-    `RuntimeError: Event loop is closed` as unraisable, a traceback per write. Nothing waits
-    for those results; everything else reaches the previous hook."""
-    previous = sys.unraisablehook
-    if getattr(previous, "phi4_jax_filter", False):
-        return
-
-    def hook(unraisable: Any) -> None:
-        exc, tb = unraisable.exc_value, unraisable.exc_traceback
-        names = [frame.name for frame in traceback.extract_tb(tb)] if tb else []
-        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-                and "call_soon_threadsafe" in names):
-            previous(unraisable)
-
-    hook.phi4_jax_filter = True
-    sys.unraisablehook = hook
-
-
-@contextlib.contextmanager
-def _orbax_quiet() -> Iterator[None]:
-    """Orbax's logs of a failing restore (the Checkpointer reports each bad step in one line)."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        absl.setLevel(level)
-
-
 def _abstract(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         tree, shardings)
@@ -267,9 +150,7 @@ class Checkpointer:
         self.async_save = async_save
         self.seal_seconds: list[float] = []
         self._saving: int | None = None  # the step of the newest save started
-        self._filter = _DropDiskFullLogs()
-        logging.getLogger("absl").addFilter(self._filter)
-        _drop_stray_wakeups()
+        seal_lib.quiet_failed_saves()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             # Always orbax's asynchronous checkpointer: its commit callback seals the step
@@ -347,7 +228,7 @@ class Checkpointer:
             problem = self._verified(step)
             if problem is None:
                 try:
-                    with _orbax_quiet():
+                    with seal_lib.orbax_quiet():
                         out = self.manager.restore(step, args=ocp.args.Composite(
                             state=ocp.args.StandardRestore(target), data=DataStateRestore()))
                 except HostCountError:
@@ -396,7 +277,6 @@ class Checkpointer:
             self.wait()
         finally:
             self._close_manager()
-            logging.getLogger("absl").removeFilter(self._filter)
 
     def _close_manager(self) -> None:
         manager, self.manager = self.manager, None
@@ -448,7 +328,7 @@ def restore_params(path: str, abstract_params: Any, shardings: Any) -> Any:
             problem = verify(step_dir)
             if problem is None:
                 try:
-                    with _orbax_quiet():
+                    with seal_lib.orbax_quiet():
                         restored = ckptr.restore(step_dir / "state", args=args)
                 except Exception as err:  # noqa: BLE001
                     problem = f"orbax could not restore it ({type(err).__name__})"

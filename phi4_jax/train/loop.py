@@ -333,8 +333,8 @@ def _save(checkpoints: ckpt_lib.Checkpointer, logger: MetricLogger, step: int, s
 
 def check_token_ids(batch: Mapping[str, np.ndarray], vocab_size: int, run: RunConfig) -> None:
     """The token ids of a (first) batch lie in [0, model.vocab_size): data tokenized for
-    another vocabulary fails here, naming its source, not as an out-of-range embedding
-    lookup (which XLA clamps silently)."""
+    another vocabulary fails here, naming its source, not later as out-of-range embedding
+    lookups and targets, which raise nothing on an accelerator."""
     for key in ("tokens", "targets"):
         ids = np.asarray(batch[key]) if key in batch else np.zeros(0)
         if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):

@@ -1,30 +1,36 @@
 """One run per work dir: an exclusive lease, WORKDIR/lease.json, that works on a shared disk
 and on GCS.
 
-    with workdir.acquire(path, timeout_s=600) as lease:   # LeaseHeld if another run holds it
-        ...                                               # lease.check() raises LeaseLost
-                                                          # if another run took it over
+    with workdir.hold(path, timeout_s=600) as lease:   # LeaseHeld if another run holds it
+        ...                                            # lease.check() raises LeaseLost once
+                                                       # another run took it over
 
 The lease is a small JSON object naming its holder (run id, host, pid, start time) with a
 heartbeat timestamp that a daemon thread refreshes every `timeout_s / 4` seconds. Taking it is
 an atomic create-if-absent:
 
-    local path   os.open(O_CREAT | O_EXCL): atomic on a local disk and on NFS v3+; refreshes
-                 write a temporary file and os.replace it; a reclaim renames the stale lease
-                 aside (atomic: one of two racers gets it), checks that what it moved is what it
-                 judged stale, and then creates its own with O_EXCL
-    URL (gs://)  tensorstore's key-value store with generation preconditions: create is a
-                 write if the object does not exist (GCS `ifGenerationMatch=0`); refresh,
-                 reclaim and release are writes / deletes conditional on the generation last
-                 seen, so every step is a compare-and-swap (also `file://`, used by the tests)
+    local path   os.open(O_CREAT | O_EXCL): atomic on a local disk and on NFS v3+ (a reader
+                 that catches the file still empty judges it by its mtime); a refresh writes a
+                 temporary file and os.replace-s it after checking the lease is still its own; a
+                 reclaim renames the stale lease aside (atomic: one of two racers gets it),
+                 checks that what it moved is what it judged stale, then creates its own with
+                 O_EXCL. Limitation: a refresh's check-then-replace is not atomic against a
+                 reclaim at the same instant, which needs the holder to have stalled past the
+                 timeout first
+    URL (gs://)  tensorstore's key-value store with generation preconditions: create is a write
+                 if the object does not exist (GCS `ifGenerationMatch=0`); refresh, reclaim and
+                 release are writes / deletes conditional on the generation last seen, so each
+                 is a compare-and-swap (`file://` takes the same path: the tests use it).
+                 Credentials are tensorstore's (application default credentials)
 
 A lease is reclaimable when its heartbeat is older than `timeout_s` (train.lease_timeout_s), or
 at once when its holder ran on this host and that process is gone (kill -9, a crash: the
-relaunch need not wait); a reclaim logs a line naming the previous holder. The heartbeat is the
-holder's wall clock, so hosts sharing a GCS work dir need clocks that agree to well within the
-timeout. A holder that finds its lease taken over (it stalled past the timeout and another run
-reclaimed it) marks it lost; `check()` then raises and the loop stops without saving. Only
-process 0 of a multi-host run holds the lease (the loop shares the outcome with the others).
+relaunch need not wait; a reused pid is told apart by its start time); a reclaim logs a line
+naming the previous holder. The heartbeat is the holder's wall clock, so hosts sharing a GCS
+work dir need clocks that agree to well within the timeout. A holder that finds its lease taken
+over (it stalled past the timeout and another run reclaimed it) marks it lost; `check()` then
+raises and the loop stops before its next step. `hold()` is the multi-host form: only process
+0 takes the lease, the others learn whether it did.
 
 `WorkdirError` (and its kinds `LeaseHeld`, `LeaseLost`) is a `phi4_jax.cli.UsageError`: an
 entry point reports it in one line with exit status 2, without a traceback.
@@ -241,6 +247,7 @@ class Lease:
         self.store, self.holder, self._token = store, holder, token
         self.timeout_s = timeout_s
         self.lost: str | None = None  # why the lease is no longer ours
+        self._released = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="phi4_jax-lease", daemon=True)
@@ -269,18 +276,19 @@ class Lease:
             if token is None:
                 current = self.store.read()
                 other = Holder.decode(current[0]) if current else None
-                self.lost = (f"{self.store.path} was taken over by "
-                             f"{other.describe() if other else 'another run'}")
+                self.lost = (f"{self.store.path} was taken over by {other.describe()}"
+                             if other else f"{self.store.path} was removed or taken over")
                 log.error("%s", self.lost)
                 return
             self.holder, self._token = holder, token
 
     def check(self) -> None:
         """Raises LeaseLost once another run has taken the lease over."""
-        if self.lost:
-            raise LeaseLost(f"{self.lost}: this run stops without saving (its heartbeat was "
-                            f"older than {self.timeout_s:.0f}s, so the work dir was judged "
-                            "abandoned); the other run now owns it")
+        if self.lost and not self._released:
+            raise LeaseLost(f"{self.lost}: this run stops before its next step (its lease was "
+                            f"deleted, or its heartbeat was older than {self.timeout_s:g}s and "
+                            "another run judged the work dir abandoned); the work dir is no "
+                            "longer this run's")
 
     def release(self) -> None:
         """Stops the heartbeat and deletes the lease, if it is still ours."""
@@ -296,7 +304,7 @@ class Lease:
             except Exception as err:  # noqa: BLE001 - never mask the run's own outcome
                 log.warning("%s: could not remove the lease (%s: %s)", self.store.path,
                             type(err).__name__, err)
-            self.lost = "released"
+            self.lost, self._released = "released", True
 
     def __enter__(self) -> Lease:
         return self
@@ -359,7 +367,7 @@ def acquire(workdir: str, *, timeout_s: float, run_id: str | None = None) -> Lea
         else:
             reason = None
         if reason is None:
-            raise LeaseHeld(_held_message(store.path, holder, timeout_s, now))
+            raise LeaseHeld(_held_message(workdir, store.path, holder, timeout_s, now))
         token = store.take_over(me.encode(), seen)
         if token is not None:
             who = holder.describe(now) if holder else "an unknown run"
@@ -369,11 +377,12 @@ def acquire(workdir: str, *, timeout_s: float, run_id: str | None = None) -> Lea
                     "starting on this work dir?")
 
 
-def _held_message(path: str, holder: Holder | None, timeout_s: float, now: float) -> str:
+def _held_message(workdir: str, path: str, holder: Holder | None, timeout_s: float,
+                  now: float) -> str:
     who = holder.describe(now) if holder else "a run that is creating it right now"
     wait = f" in {max(0.0, timeout_s - (now - holder.heartbeat)):.0f}s" if holder else ""
-    return (f"{os.path.dirname(path) if '://' not in path else path.rsplit('/', 1)[0]} is in "
-            f"use by {who}; one run per work dir. Wait for it to finish or stop it, or use "
-            f"another work dir. If that run is dead, its lease ({path}) goes stale{wait} "
-            f"(heartbeat older than train.lease_timeout_s={timeout_s:g}s) and the next run "
-            "takes it over; delete the file to take it over now")
+    return (f"{workdir.rstrip('/')} is in use by {who}; one run per work dir. Wait for it to "
+            f"finish or stop it, or use another work dir. If that run is dead, its lease "
+            f"({path}) goes stale{wait} (heartbeat older than train.lease_timeout_s="
+            f"{timeout_s:g}s) and the next run takes it over; delete the file to take it over "
+            "now")

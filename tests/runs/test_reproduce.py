@@ -14,6 +14,7 @@ import pytest
 
 from launch import local
 from phi4_jax import cli, runs
+from phi4_jax.data.pipeline import mixture_stores
 from phi4_jax.posttrain.refusal.cli import main as refusal_main
 from phi4_jax.runs import diff, reproduce
 from phi4_jax.runs.__main__ import main as runs_main
@@ -131,12 +132,14 @@ def test_a_changed_token_store_is_flagged_and_refused_under_strict(store_run, tm
     assert record["data"]["stores"]["web"]["fingerprint"] == fingerprint
     assert record["data"]["files"][mixture]["sha256"]  # the mixture file is an input too
     config = reproduce.experiment_config(record)
-    unchanged = reproduce.check(workdir, record, config, strict=False, out=io.StringIO())
+    unchanged = reproduce.check(workdir, record, config, strict=False, out=io.StringIO(),
+                                stores=mixture_stores(config.data))
     assert not [line for line in unchanged if not line.startswith("code:")]  # code may move
     random_store(store, "web", 40, 200, seed=2)  # same name and path, other content
     changed = fingerprint_of(store)
     out = io.StringIO()
-    found = reproduce.check(workdir, record, config, strict=False, out=out)
+    found = reproduce.check(workdir, record, config, strict=False, out=out,
+                            stores=mixture_stores(config.data))
     assert [line for line in found if line.startswith("data:")] == [
         f"data: store web at {store}: fingerprint {fingerprint[:16]} -> {changed[:16]}"]
     assert f"warning: reproducing {workdir}@1: data: store web" in out.getvalue()
@@ -160,8 +163,9 @@ def test_a_store_rewritten_in_place_is_flagged(store_run):
         byte = f.read(1)
         f.seek(0)
         f.write(bytes([byte[0] ^ 1]))
-    found = reproduce.check(workdir, record, reproduce.experiment_config(record), strict=False,
-                            out=io.StringIO())
+    config = reproduce.experiment_config(record)
+    found = reproduce.check(workdir, record, config, strict=False, out=io.StringIO(),
+                            stores=mixture_stores(config.data))
     assert [line for line in found if line.startswith("data:")] == [
         f"data: store web at {store}: fingerprint "
         f"{record['data']['stores']['web']['fingerprint'][:16]} -> \"changed_in_place\""]

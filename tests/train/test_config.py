@@ -85,6 +85,59 @@ def test_bad_values_fail_in_the_typed_sections():
         RunConfig.from_experiment(config)
 
 
+@pytest.mark.parametrize("section,field,value,expected", [
+    ("optimizer", "peak_lr", -3e-4, "optimizer.peak_lr=-0.0003 must be >= 0"),
+    ("optimizer", "peak_lr", float("nan"), "optimizer.peak_lr=nan must be a finite number"),
+    ("optimizer", "weight_decay", -0.1, "optimizer.weight_decay=-0.1 must be >= 0"),
+    ("optimizer", "weight_decay", float("inf"), "optimizer.weight_decay=inf must be a finite"),
+    ("optimizer", "b1", 1.0, "optimizer.b1=1.0 must be >= 0 and < 1"),
+    ("optimizer", "b2", -0.5, "optimizer.b2=-0.5 must be >= 0 and < 1"),
+    ("optimizer", "eps", 0.0, "optimizer.eps=0.0 must be > 0"),
+    ("optimizer", "min_lr_ratio", 1.5, "optimizer.min_lr_ratio=1.5 must be >= 0 and <= 1"),
+    ("optimizer", "warmup_steps", -1, "optimizer.warmup_steps=-1 must be >= 0"),
+    ("optimizer", "warmup_steps", 7, "optimizer.warmup_steps=7 is longer than "
+                                     "optimizer.decay_steps=5"),
+    ("optimizer", "decay_steps", 0, "optimizer.decay_steps=0 must be positive"),
+    ("optimizer", "decay_exclude", ("norm", "("), "optimizer.decay_exclude: '(' is not a regular"),
+    ("optimizer", "name", "sgd", "optimizer.name='sgd'; only 'adamw'"),
+    ("train", "clip_norm", 0.0, "train.clip_norm=0.0 must be > 0 (None: no clipping)"),
+    ("train", "clip_norm", -1.0, "train.clip_norm=-1.0 must be > 0"),
+    ("train", "z_loss", float("nan"), "train.z_loss=nan must be a finite number >= 0"),
+    ("train", "lease_timeout_s", 0.0, "train.lease_timeout_s=0.0 must be > 0"),
+    ("train", "global_batch", 0, "train.global_batch=0 must be positive"),
+    ("train", "per_device_batch", -2, "train.per_device_batch=-2 must be positive"),
+    ("train", "peak_flops", -1.0, "train.peak_flops=-1.0 must be > 0"),
+])
+def test_values_out_of_range_name_the_field(section, field, value, expected):
+    raw = tiny_config().to_dict()
+    if field == "warmup_steps" and value == 7:
+        raw["optimizer"]["decay_steps"] = 5
+    raw[section][field] = value
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_experiment(raw)
+    assert expected in str(err.value)
+
+
+def test_a_warmup_longer_than_the_run_is_an_error():
+    config = tiny_config(steps=6)
+    config.optimizer.decay_steps = None  # the decay ends with the run
+    config.optimizer.warmup_steps = 10
+    with pytest.raises(ConfigError, match=r"optimizer.warmup_steps=10 is longer than "
+                                          r"train.steps=6: the learning rate would never reach "
+                                          r"optimizer.peak_lr=0.003"):
+        RunConfig.from_experiment(config)
+    config.optimizer.warmup_steps = 6  # warm-up ending with the run is allowed
+    assert RunConfig.from_experiment(config).optimizer.warmup_steps == 6
+
+
+def test_a_bad_learning_rate_fails_before_anything_runs(tmp_path):
+    config = tiny_config()
+    config.optimizer.peak_lr = -1.0
+    with pytest.raises(ConfigError, match="optimizer.peak_lr=-1.0 must be >= 0"):
+        loop.run(config, str(tmp_path))
+    assert not os.listdir(tmp_path)
+
+
 def test_the_loop_rejects_an_unknown_key_before_anything_runs(tmp_path):
     config = tiny_config()
     config.train.warmup = 3

@@ -116,8 +116,12 @@ def test_a_second_run_on_a_busy_workdir_is_refused_in_one_line(tmp_path, env, un
     workdir = str(tmp_path)
     first = start(workdir, env)
     wait_for_checkpoint(workdir, 4, first)
-    second = start(workdir, env)
-    out, _ = second.communicate(timeout=600)
+    first.send_signal(signal.SIGSTOP)  # still running (and holding) while the second starts
+    try:
+        second = start(workdir, env)
+        out, _ = second.communicate(timeout=600)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2, out[-3000:]
     assert out.startswith(f"python -m launch.local: error: {workdir} is in use by run ")
     assert f"pid {first.pid}; last heartbeat" in out and len(out.splitlines()) == 1, out

@@ -100,13 +100,13 @@ def test_a_fresh_lease_of_another_host_is_respected(tmp_path):
 
 
 def test_the_heartbeat_is_refreshed_while_held(tmp_path):
-    with workdir.acquire(str(tmp_path), timeout_s=0.4) as lease:  # a beat every 0.1 s
+    with workdir.acquire(str(tmp_path), timeout_s=2.0) as lease:  # a beat every 0.5 s
         first = json.loads((tmp_path / "lease.json").read_text())["heartbeat"]
-        time.sleep(1.0)
+        time.sleep(2.5)  # past the timeout: only the beats keep it fresh
         beat = json.loads((tmp_path / "lease.json").read_text())["heartbeat"]
-        assert beat > first and time.time() - beat < 0.4
+        assert beat > first
         with pytest.raises(workdir.LeaseHeld):  # never stale while its holder lives
-            workdir.acquire(str(tmp_path), timeout_s=0.4)
+            workdir.acquire(str(tmp_path), timeout_s=2.0)
         lease.check()
 
 
