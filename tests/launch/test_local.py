@@ -50,7 +50,8 @@ def test_every_experiment_builds_its_model_config(name):
 
 TINY = ["--exp=tiny_pretrain", "--exp.data.source=synthetic", "--exp.model.vocab_size=256",
         "--exp.data.seq_len=32", "--exp.train.global_batch=8", "--exp.train.loss_vocab_chunks=1",
-        "--exp.train.steps=2", "--exp.train.checkpoint_every=2", "--exp.train.log_every=1",
+        "--exp.train.steps=2", "--exp.optimizer.warmup_steps=1", "--exp.train.checkpoint_every=2",
+        "--exp.train.log_every=1",
         "--exp.train.peak_flops=1e12", "--exp.log.tensorboard=False"]
 
 

@@ -40,6 +40,7 @@ def _start(workdir, cache, steps: int, **env) -> list[subprocess.Popen]:
     port = _free_port()
     return [subprocess.Popen(
         [sys.executable, "-m", "launch.tpu", "--worker", *ARGS, f"--exp.train.steps={steps}",
+         "--exp.optimizer.warmup_steps=2",
          f"--exp.data.cache_dir={cache}", f"--workdir={workdir}",
          f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
         env={**_env(2), **env}, cwd=tpu.repo_root(), stdout=subprocess.PIPE,
@@ -117,7 +118,7 @@ def test_two_processes_preempted_on_one_host_resume_and_match_one_process(tmp_pa
     one = tmp_path / "one"
     done = subprocess.run(
         [sys.executable, "-m", "launch.local", *ARGS, "--exp.train.steps=6",
-         f"--exp.data.cache_dir={cache}", f"--workdir={one}"],
+         "--exp.optimizer.warmup_steps=2", f"--exp.data.cache_dir={cache}", f"--workdir={one}"],
         env=_env(4), cwd=tpu.repo_root(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 

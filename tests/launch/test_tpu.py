@@ -147,7 +147,8 @@ def test_worker_initializes_jax_distributed_and_writes_the_config(tmp_path):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "launch.tpu", "--worker", "--exp=phi4_pretrain:smoke",
            "--exp.data.source=synthetic", "--exp.data.seq_len=32", "--exp.model.vocab_size=256",
-           "--exp.train.steps=1", "--exp.model.remat=none", "--exp.train.loss_vocab_chunks=1",
+           "--exp.train.steps=1", "--exp.optimizer.warmup_steps=1", "--exp.model.remat=none",
+           "--exp.train.loss_vocab_chunks=1",
            "--exp.train.peak_flops=1e12", "--exp.log.tensorboard=false",
            f"--workdir={workdir}", f"--coordinator_address=localhost:{_free_port()}",
            "--num_processes=1", "--process_id=0"]
@@ -198,7 +199,8 @@ def test_dry_run_applies_the_batch_plan(capsys):
 
 def test_a_config_the_topology_rejects_fails_before_any_tpu_is_requested():
     runner = Recorder(print_only=True)
-    with pytest.raises(tpu.LaunchError, match=r"phi4_pretrain on v5p-128: train\.per_device_batch=7"):
+    with pytest.raises(tpu.LaunchError,
+                       match=r"phi4_pretrain on v5p-128: train\.per_device_batch=7"):
         tpu.main(BASE + ["--zone=z", "--exp.train.per_device_batch=7", "--print_only"],
                  runner=runner)
     assert runner.commands == []

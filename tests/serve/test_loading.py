@@ -57,6 +57,7 @@ def workdir(tmp_path_factory):
     c = experiments.get_config("tiny_pretrain")
     c.data.source = "synthetic"
     c.data.seq_len = 32
+    c.optimizer.warmup_steps = 0
     c.train.update(dict(global_batch=2, steps=2, checkpoint_every=1, log_every=1, keep=3,
                         async_checkpoint=False))
     path = str(tmp_path_factory.mktemp("tiny_workdir"))

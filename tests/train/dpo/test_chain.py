@@ -77,6 +77,7 @@ def test_tiny_chain_sft_dpo_raises_held_out_reward_accuracy(tmp_path, capsys):
     sft.data.seq_len = 64
     sft.train.init_from = None
     sft.train.steps = 4
+    _keep_warmup(sft)
     sft.train.checkpoint_every = 4
     sft_run = loop.run(sft, str(tmp_path / "sft"), devices=ONE)
     assert sft_run.step == 4 and np.isfinite(sft_run.metrics["loss"])
@@ -85,6 +86,7 @@ def test_tiny_chain_sft_dpo_raises_held_out_reward_accuracy(tmp_path, capsys):
     pts.dpo.pairs = str(tmp_path / "train.jsonl")
     pts.train.init_from = str(tmp_path / "sft")
     pts.train.steps = 8
+    _keep_warmup(pts)
     pts.train.checkpoint_every = 8
     computed = reference.COUNTS["computed"]
     pts_run = loop.run(pts, str(tmp_path / "pts"), devices=ONE)
@@ -121,8 +123,16 @@ def test_tiny_chain_sft_dpo_raises_held_out_reward_accuracy(tmp_path, capsys):
     judge.dpo.pairs = str(tmp_path / "judge.jsonl")
     judge.train.init_from = str(tmp_path / "pts")
     judge.train.steps = 1
+    _keep_warmup(judge)
     loop.run(judge, str(tmp_path / "judge"), devices=ONE)
     assert _first_record(tmp_path / "judge")["loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def _keep_warmup(config):
+    """The smoke runs are shorter than their warm-up; a decay end at the warm-up's end keeps
+    every learning rate the run sees (a warm-up longer than the decay is a config error)."""
+    if config.optimizer.warmup_steps > config.train.steps:
+        config.optimizer.decay_steps = config.optimizer.warmup_steps
 
 
 def _write_conversations(path):
