@@ -311,7 +311,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
                         choices=["float32", "bfloat16", "bf16-weights"])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--batch_rows", type=int, default=32)
+    parser.add_argument("--batch_rows", type=int, default=64)
     parser.add_argument("--torch_threads", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["rollouts", "server", "bf16_effect"])

@@ -62,8 +62,9 @@ MAX_UNROLLED_LAYERS = 64
 # 4 46 -> 43, 8 55 -> 61: from batch 8 on XLA:CPU's GEMM is compute-bound rather than
 # bandwidth-bound, the scan's weight copies overlap with it on the other core, and the scan is
 # faster. With the kernel (`phi4_jax.inference.kernels`; float32 here), whole generate calls (32 new
-# tokens, s, scanned -> packed): batch 16 2.88 -> 2.10, 32 4.87 -> 3.62.
-MAX_PACKED_BATCH = 32
+# tokens, s, scanned -> packed): batch 16 2.88 -> 2.10, 32 4.87 -> 3.62; 64 rows of 200-token
+# prompts (4 prompts x 16 samples, 64 new tokens, a loaded host): 194 -> 31.
+MAX_PACKED_BATCH = 64
 MAX_PACKED_BATCH_XLA = 4
 
 
@@ -90,7 +91,8 @@ class DecodeWeights(NamedTuple):
 
 
 class HeadMajorKV(NamedTuple):
-    """One layer's generated-token cache in head-major layout, k and v [B, K, S, H] (the
+    """One layer's generated-token cache, head-major: keys k [B, K, H, S] (slots last, so the
+    query-key product reduces over H with the slots contiguous) and values v [B, K, S, H] (the
     model's `KVCache` is [B, S, K, H]); slot s holds the row's generated token s. The packed
     loop carries one per layer and writes each step's slot in place."""
 
@@ -99,8 +101,9 @@ class HeadMajorKV(NamedTuple):
 
 
 class PromptKV(NamedTuple):
-    """One layer's prompt cache, k and v [U, K, P, H]: one entry per distinct prompt, read (never
-    written) by every row that continues it."""
+    """One layer's prompt cache, k [U, K, H, P] and v [U, K, P, H] (the layouts of
+    `HeadMajorKV`): one entry per distinct prompt, read (never written) by every row that
+    continues it."""
 
     k: jax.Array
     v: jax.Array
@@ -201,15 +204,17 @@ def logits(cfg: ModelConfig, weights: DecodeWeights, h: jax.Array) -> jax.Array:
 
 def prompt_cache(cache: KVCache) -> tuple[PromptKV, ...]:
     """Per-layer head-major prompt buffers from the prefill's stacked [L, U, P, K, H] cache."""
-    return tuple(PromptKV(cache.k[i].swapaxes(1, 2), cache.v[i].swapaxes(1, 2))
+    return tuple(PromptKV(cache.k[i].transpose(0, 2, 3, 1), cache.v[i].swapaxes(1, 2))
                  for i in range(cache.k.shape[0]))
 
 
 def generated_cache(cfg: ModelConfig, rows: int, slots: int) -> tuple[HeadMajorKV, ...]:
-    """Zeroed per-layer buffers [rows, K, slots, H] for the generated tokens."""
-    shape = (rows, cfg.num_kv_heads, slots, cfg.head_dim)
-    zeros = lambda: jnp.zeros(shape, cfg.compute_dtype)
-    return tuple(HeadMajorKV(zeros(), zeros()) for _ in range(cfg.num_layers))
+    """Zeroed per-layer buffers (k [rows, K, H, slots], v [rows, K, slots, H]) for the
+    generated tokens."""
+    k, h = cfg.num_kv_heads, cfg.head_dim
+    zeros = lambda *shape: jnp.zeros(shape, cfg.compute_dtype)
+    return tuple(HeadMajorKV(zeros(rows, k, h, slots), zeros(rows, k, slots, h))
+                 for _ in range(cfg.num_layers))
 
 
 def run_layers(cfg: ModelConfig, weights: DecodeWeights, x: jax.Array, prompt_lens: jax.Array,
@@ -247,31 +252,36 @@ def _layer(cfg: ModelConfig, w: LayerWeights, x: jax.Array, positions: jax.Array
     q = apply_rope(qkv[..., :n * h].reshape(b, 1, n, h), pos, cfg.rope_theta)[:, 0]
     new_k = apply_rope(qkv[..., n * h:(n + k) * h].reshape(b, 1, k, h), pos, cfg.rope_theta)
     new_v = qkv[..., (n + k) * h:].reshape(b, 1, k, h)
-    # [B, 1, K, H] -> [B, K, 1, H] written at generated slot `slot` of every row, in place.
-    write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(
-        buf, new.swapaxes(1, 2).astype(buf.dtype), slot, axis=2)
-    gen = HeadMajorKV(write(gen.k, new_k), write(gen.v, new_v))
+    # The new key [B, K, H, 1] and value [B, K, 1, H] go to generated slot `slot`, in place.
+    zero = jnp.int32(0)
+    gen = HeadMajorKV(
+        jax.lax.dynamic_update_slice(gen.k, new_k[:, 0, :, :, None].astype(gen.k.dtype),
+                                     (zero, zero, zero, slot)),
+        jax.lax.dynamic_update_slice(gen.v, new_v.swapaxes(1, 2).astype(gen.v.dtype),
+                                     (zero, zero, slot, zero)))
+    # Attention for one query per row as broadcast products reduced in float32, not dots: per
+    # (row, head) the products are [G, H] x [H, S], and XLA:CPU runs a batched dot as one small
+    # GEMM call per batch entry (2-3x slower at 64 rows); the fused reductions read each key
+    # and value once, contiguously.
+    f32 = jnp.float32
     scale = h ** -0.5
-    # The prompt part: a group's g rows read their prompt's keys once, [g G, H] x [H, P].
-    q_group = q.reshape(u, g, k, groups, h)
-    s_prompt = jnp.einsum("UgKGH,UKPH->UgKGP", q_group, prompt.k.astype(x.dtype),
-                          preferred_element_type=jnp.float32) * scale
-    filled = jnp.arange(prompt.k.shape[2])[None, :] < prompt_lens[:, None]  # [U, P]
-    s_prompt = jnp.where(filled[:, None, None, None], s_prompt, NEG_INF)
+    # The prompt part: a group's g rows read their prompt's keys and values once.
+    q_group = q.reshape(u, g, k, groups, h, 1).astype(f32)
+    s_prompt = jnp.sum(q_group * prompt.k[:, None, :, None].astype(f32), axis=-2) * scale
+    filled = jnp.arange(prompt.k.shape[3])[None, :] < prompt_lens[:, None]  # [U, P]
+    s_prompt = jnp.where(filled[:, None, None, None], s_prompt, NEG_INF)  # [U, g, K, G, P]
     # The generated part: each row its own slots 0..slot.
-    q_row = q.reshape(b, k, groups, h)
-    s_gen = jnp.einsum("BKGH,BKSH->BKGS", q_row, gen.k.astype(x.dtype),
-                       preferred_element_type=jnp.float32) * scale
-    s_gen = jnp.where(jnp.arange(gen.k.shape[2]) <= slot, s_gen, NEG_INF)
+    q_row = q.reshape(b, k, groups, h, 1).astype(f32)
+    s_gen = jnp.sum(q_row * gen.k[:, :, None].astype(f32), axis=-2) * scale  # [B, K, G, S]
+    s_gen = jnp.where(jnp.arange(gen.k.shape[3]) <= slot, s_gen, NEG_INF)
     # One softmax over both parts (normalized after the value products).
     peak = jnp.maximum(s_prompt.max(-1).reshape(b, k, groups), s_gen.max(-1))
     e_prompt = jnp.exp(s_prompt - peak.reshape(u, g, k, groups)[..., None])
     e_gen = jnp.exp(s_gen - peak[..., None])
     denom = e_prompt.sum(-1).reshape(b, k, groups) + e_gen.sum(-1)
-    ctx = (jnp.einsum("UgKGP,UKPH->UgKGH", e_prompt.astype(x.dtype), prompt.v.astype(x.dtype),
-                      preferred_element_type=jnp.float32).reshape(b, k, groups, h)
-           + jnp.einsum("BKGS,BKSH->BKGH", e_gen.astype(x.dtype), gen.v.astype(x.dtype),
-                        preferred_element_type=jnp.float32))
+    ctx = (jnp.sum(e_prompt[..., None] * prompt.v[:, None, :, None].astype(f32),
+                   axis=-2).reshape(b, k, groups, h)
+           + jnp.sum(e_gen[..., None] * gen.v[:, :, None].astype(f32), axis=-2))
     ctx = (ctx / denom[..., None]).astype(x.dtype).reshape(b, n * h)
     x = x + _project(ctx, w.o, d, x.dtype)
     normed = rms_norm(x, w.mlp_norm, cfg.norm_eps, x.dtype)

@@ -100,7 +100,7 @@ class ModelSampler:
 
     def __init__(self, model: Any, tokenizer: Any, *, max_new_tokens: int = 64,
                  sampling: Any = None, stop_tokens: Sequence[int] | None = None,
-                 batch_rows: int = 32, seed: int = 0, tokenizer_name: str | None = None,
+                 batch_rows: int = 64, seed: int = 0, tokenizer_name: str | None = None,
                  weight_dtype: str | None = None):
         from phi4_jax.inference.dtypes import with_dtypes
         from phi4_jax.inference.sampling import SamplingConfig

@@ -24,6 +24,7 @@ def test_pretrain_then_midtrain_at_16k(tmp_path):
     cache = str(tmp_path / "data")
     pre = experiments.get_config("phi4_pretrain:smoke")
     pre.train.steps = PRETRAIN_STEPS
+    pre.optimizer.warmup_steps = min(pre.optimizer.warmup_steps, PRETRAIN_STEPS)
     pre.data.cache_dir = cache
     result = loop.run(pre, str(tmp_path / "pre"), devices=device)
     assert result.step == PRETRAIN_STEPS and result.start == "scratch"
