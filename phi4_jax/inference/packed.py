@@ -19,14 +19,17 @@ compute dtype for the FFI kernel `phi4_jax.inference.kernels.small_matmul`, whic
 weight once for all rows of the batch (XLA:CPU's GEMM reaches about half that bandwidth from two
 rows on, and its bfloat16 products are slower than its float32 ones); products accumulate in
 float32.
-The KV cache has two parts per layer, both head-major [.., K, S, H] so the attention matmuls read
-them with no transpose (the model's `KVCache` layout [B, S, K, H] costs one cache transpose per
-layer and step on CPU): `PromptKV` [U, K, P, H] holds the prefill's keys and values once per
-distinct prompt, and `HeadMajorKV` [B, K, N, H] each row's generated tokens, written in place one
-slot per step. Rows are grouped by prompt (row b continues prompt b // g): n samples of one prompt
-share one prefill and read its keys and values as one [n G, H] x [H, P] product per head instead
-of n copies (Pivotal Token Search and the server's `n` sample 16 or more rows per prompt; for
-200-token prompts and 64 new tokens the shared prompt part is 3/4 of every row's cache reads).
+The KV cache has two parts per layer, head-major (the model's `KVCache` layout [B, S, K, H]
+would cost a cache transpose per layer and step): `PromptKV` holds the prefill's keys and values
+once per distinct prompt (keys [U, K, H, P], values [U, K, P, H]) and `HeadMajorKV` each row's
+generated tokens (keys [B, K, H, N], values [B, K, N, H]), written in place one slot per step.
+Rows are grouped by prompt (row b continues prompt b // g): n samples of one prompt share one
+prefill and read its keys and values in place instead of n copies (Pivotal Token Search and the
+server's `n` sample 16 or more rows per prompt; for 200-token prompts and 64 new tokens the
+shared prompt part is 3/4 of every row's cache reads). Attention for the one query per row is
+computed as broadcast products reduced in float32 (keys with the slots last, values with H
+last, both read contiguously): XLA:CPU runs a batched dot as one small GEMM per (row, head),
+2-3x slower at 64 rows.
 
 The packed copy (`DecodeWeights`, blocks and output projection) is cached per model and reused
 while the model's parameter arrays are the same objects; any parameter update gives new arrays
@@ -259,10 +262,7 @@ def _layer(cfg: ModelConfig, w: LayerWeights, x: jax.Array, positions: jax.Array
                                      (zero, zero, zero, slot)),
         jax.lax.dynamic_update_slice(gen.v, new_v.swapaxes(1, 2).astype(gen.v.dtype),
                                      (zero, zero, slot, zero)))
-    # Attention for one query per row as broadcast products reduced in float32, not dots: per
-    # (row, head) the products are [G, H] x [H, S], and XLA:CPU runs a batched dot as one small
-    # GEMM call per batch entry (2-3x slower at 64 rows); the fused reductions read each key
-    # and value once, contiguously.
+    # Attention as broadcast products reduced in float32, not dots (see the module docstring).
     f32 = jnp.float32
     scale = h ** -0.5
     # The prompt part: a group's g rows read their prompt's keys and values once.

@@ -6,8 +6,9 @@
     scheduler.close()         # no new jobs; finish everything accepted, then the thread exits
 
 Batching policy: waves. A wave is the longest FIFO run of queued prompts (each with its job's n
-rows) that fits `max_batch` rows and the KV budget, taken when the previous wave ends; requests
-that arrive while a wave runs join the next one. A wave decodes in segments of `segment`
+rows) that fits `max_batch` rows and the KV budget, taken when the previous wave ends (after
+waiting up to `gather_s` for more requests while they keep arriving); requests that arrive
+while a wave runs join the next one. A wave decodes in segments of `segment`
 steps (`inference.engine.Wave`); between segments the thread streams new text, applies stop
 strings and drops rows whose client disconnected, and a job is answered as soon as its own
 rows finish. docs/serve.md says why waves and not per-step joining.
@@ -36,6 +37,10 @@ from phi4_jax.serve.protocol import MAX_LOGPROBS, APIError
 log = logging.getLogger(__name__)
 
 MAX_WAVE_SLOTS = 1 << 16  # KV slots of a wave (prompt + generated tokens over its rows)
+# After the first request of an idle spell, wait this long for more before starting a wave:
+# clients whose answers left together come back a few ms apart, and without the wait the
+# first one back would start a wave of one while the rest wait for it to finish.
+GATHER_S = 0.02
 
 
 def _pow2(n: int) -> int:
@@ -46,9 +51,10 @@ class Scheduler:
     """See the module docstring. Thread-safe `submit` / `cancel` / `close` / `stats`."""
 
     def __init__(self, model: Any, codec: Any, *, max_batch: int = 32, max_queue: int = 64,
-                 segment: int = 8):
+                 segment: int = 8, gather_s: float = GATHER_S):
         self.model, self.codec = model, codec
         self.max_batch, self.max_queue, self.segment = max_batch, max_queue, segment
+        self.gather_s = gather_s
         self.pad_id = int(model.config.pad_token_id if model.config.pad_token_id is not None
                           and 0 <= model.config.pad_token_id < model.config.vocab_size else 0)
         self._cv = threading.Condition()
@@ -106,6 +112,7 @@ class Scheduler:
                                                     if not self._drop(j))
                 if not self._queue:
                     return  # closed and drained
+                self._gather()
                 to_score = [j for j in self._queue if j.score_prompt and not j.scored]
                 wave = [] if to_score else self._take_wave()
             try:
@@ -119,6 +126,20 @@ class Scheduler:
                 log.exception("decoding failed")
                 for job in {id(j): j for j in to_score + [g[0] for g in wave]}.values():
                     self._fail(job, e)
+
+    def _gather(self) -> None:
+        """Waits up to `gather_s` while new requests keep arriving and the rows waiting do not
+        fill a wave (caller holds the lock)."""
+        deadline = time.monotonic() + self.gather_s
+        while not self._closed:
+            rows = sum(j.n * (len(j.prompts) - j.next_group) for j in self._queue)
+            left = deadline - time.monotonic()
+            if rows >= self.max_batch or left <= 0:
+                return
+            before = len(self._queue)
+            self._cv.wait(left)
+            if len(self._queue) == before:
+                return  # nothing new within the window
 
     def _drop(self, job: Job) -> bool:
         """Whether a queued job leaves the queue: cancelled, or all its work is scheduled."""

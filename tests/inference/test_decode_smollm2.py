@@ -75,3 +75,23 @@ def test_greedy_continuations_match_transformers(prompts, hf_model, ours):
         assert bool(ours.stopped[b]) == (want[-1] == eos)
         np.testing.assert_allclose(np.asarray(ours.logprobs[b, :len(want)]),
                                    ref_logprobs[np.arange(len(want)), want], atol=2e-3)
+
+
+def test_shared_prefix_rollouts_equal_the_unshared_ones(path, prompts):
+    """Real weights, PTS-style sampling: n rollouts from one prefill are the rollouts of the
+    prefix repeated n times (same row ids), token for token and log-prob for log-prob."""
+    import jax
+
+    from phi4_jax.inference.sampling import SamplingConfig
+
+    model = phi4_jax.load_gguf(path, dtype="float32")
+    ids, eos = prompts
+    prefixes = [ids[0] + ids[3], ids[1] + ids[4]]  # ~45-token prefixes
+    rows = [97 * r + 5 for r in range(16)]
+    kw = dict(max_new_tokens=16, sampling=SamplingConfig(temperature=1.0),
+              key=jax.random.key(3), stop_tokens=(eos,), row_ids=rows)
+    shared = generate(model, prefixes, n=8, **kw)
+    unshared = generate(model, [p for p in prefixes for _ in range(8)], **kw)
+    np.testing.assert_array_equal(shared.tokens, unshared.tokens)
+    np.testing.assert_array_equal(shared.logprobs, unshared.logprobs)
+    assert len({tuple(r) for r in shared.to_lists()[:8]}) == 8  # the rollouts differ
