@@ -8,8 +8,8 @@ min_new_tokens), temperature 1, no top-k / top-p. phi4_jax samples them with
 for all 8 prefixes in one call (128 rows), the faster reported. Both sides load the same GGUF
 file in the same dtype, each in its own subprocess of this run, one after the other
 (torch.set_num_threads(2) for the peer, as bench/decode.py). rollout tokens/s = 8 x 16 x 64 /
-median wall time of a full workload; the first run (our compile, transformers' warm-up) is
-excluded.
+median wall time of a full workload; our first run (the compile) and transformers' warm-up call
+are excluded.
 
 bfloat16 and log-probs: the prefixes scored (and continued greedily) in float32, with bfloat16
 weights (float32 activations) and in full bfloat16; differences against float32.
@@ -71,9 +71,10 @@ def prefixes() -> list[list[int]]:
     raise RuntimeError("not enough long CHAMP problems")
 
 
-def _times(run, repeats: int) -> dict:
+def _times(run, repeats: int, warm=None) -> dict:
+    """The first call (or `warm`, a cheaper one) timed apart, then `repeats` timed calls."""
     start = time.perf_counter()
-    run()
+    (warm or run)()
     first = time.perf_counter() - start
     times = []
     for _ in range(repeats):
@@ -134,12 +135,20 @@ def worker_hf(dtype: str, repeats: int, threads: int) -> dict:
             x = torch.tensor(ids)
             model.generate(x, attention_mask=torch.ones_like(x), **kw)
 
-    return {"per_prefix": _times(per_prefix, repeats), "all": _times(all_at_once, repeats)}
+    def warm():  # transformers needs no compile: one short call warms its kernels up
+        with torch.no_grad():
+            x = torch.tensor(ids[:2])
+            model.generate(x, attention_mask=torch.ones_like(x), **{**kw, "max_new_tokens": 2,
+                                                                    "min_new_tokens": 2})
+
+    return {"per_prefix": _times(per_prefix, repeats, warm), "all": _times(all_at_once, repeats,
+                                                                           warm)}
 
 
 def _worker(args: argparse.Namespace, side: str, dtype: str) -> dict:
+    repeats = args.repeats if side == "ours" else args.hf_repeats
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--dtype", dtype,
-           "--repeats", str(args.repeats), "--batch_rows", str(args.batch_rows),
+           "--repeats", str(repeats), "--batch_rows", str(args.batch_rows),
            "--torch_threads", str(args.torch_threads)]
     load = os.getloadavg()[0]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
@@ -154,11 +163,15 @@ def rollouts(args: argparse.Namespace) -> None:
               "rollout tokens/s", "ours / theirs")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
+    peers: dict[str, dict] = {}
     for dtype in args.dtypes:
         ours = _worker(args, "ours", dtype)
         ours_s = statistics.median(ours["times"])
         peer_dtype = "float32" if dtype == "bf16-weights" else dtype
-        theirs = _worker(args, "hf", peer_dtype)
+        shown = peer_dtype in peers
+        if not shown:
+            peers[peer_dtype] = _worker(args, "hf", peer_dtype)
+        theirs = peers[peer_dtype]
         best = min(("per_prefix", "all"), key=lambda k: statistics.median(theirs[k]["times"]))
         hf_s = statistics.median(theirs[best]["times"])
         path = "packed, CPU kernel" if ours["packed"] and ours["kernel"] else (
@@ -166,7 +179,8 @@ def rollouts(args: argparse.Namespace) -> None:
         print(f"| {dtype} | phi4_jax ModelSampler (shared prefill, {args.batch_rows} rows/call,"
               f" {path}) | {ours['load']:.1f} | {ours['first']:.1f} | {ours_s:.2f} | "
               f"{tokens / ours_s:.0f} | {hf_s / ours_s:.2f}x |")
-        for k, label in (("per_prefix", "16 rows/call"), ("all", "128 rows/call")):
+        for k, label in () if shown else (("per_prefix", "16 rows/call"),
+                                          ("all", "128 rows/call")):
             s = statistics.median(theirs[k]["times"])
             mark = " (faster)" if k == best else ""
             print(f"| {peer_dtype} | transformers generate(num_return_sequences=16), {label}"
@@ -199,8 +213,8 @@ def bf16_effect() -> None:
     greedy = np.asarray(generate(base, ids, max_new_tokens=32, stop_tokens=()).tokens)
     print("## bfloat16 and log-probs: 8 CHAMP prefixes x 199 scored tokens, 32 greedy tokens "
           "each\n")
-    header = ("model", "mean |d logprob|", "p99 |d logprob|", "max |d logprob|",
-              "mean |d sum| per prefix", "greedy tokens equal", "rows equal")
+    header = ("model", "mean abs d logprob", "p99 abs d logprob", "max abs d logprob",
+              "mean abs d sum per prefix", "greedy tokens equal", "rows equal")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, model in variants.items():
@@ -308,9 +322,10 @@ def server_bench(clients: int, per_client: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bf16-weights", "bfloat16"],
                         choices=["float32", "bfloat16", "bf16-weights"])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of ours")
+    parser.add_argument("--hf_repeats", type=int, default=1, help="timed runs of transformers")
     parser.add_argument("--batch_rows", type=int, default=64)
     parser.add_argument("--torch_threads", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[],
