@@ -38,17 +38,25 @@ def _mapping(record: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+_ABSENT = object()
+
+
+def _changed(xa: Mapping[str, Any], xb: Mapping[str, Any], key=lambda v: v):
+    """(name, value in a, value in b) for each name, in order, whose `key(value)` differs or that
+    one side lacks (its value is then `_ABSENT`)."""
+    for name in sorted(set(xa) | set(xb)):
+        va, vb = xa.get(name, _ABSENT), xb.get(name, _ABSENT)
+        if va is _ABSENT or vb is _ABSENT or key(va) != key(vb):
+            yield name, va, vb
+
+
+def _or_absent(value: Any, shown=_shown) -> str:
+    return "(absent)" if value is _ABSENT else shown(value)
+
+
 def config_lines(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     fa, fb = flatten(_mapping(a, "config")), flatten(_mapping(b, "config"))
-    out = []
-    for key in sorted(set(fa) | set(fb)):
-        if key not in fa:
-            out.append(f"{key}: (absent) -> {_shown(fb[key])}")
-        elif key not in fb:
-            out.append(f"{key}: {_shown(fa[key])} -> (absent)")
-        elif fa[key] != fb[key]:
-            out.append(f"{key}: {_shown(fa[key])} -> {_shown(fb[key])}")
-    return out
+    return [f"{key}: {_or_absent(va)} -> {_or_absent(vb)}" for key, va, vb in _changed(fa, fb)]
 
 
 def code_lines(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
@@ -71,12 +79,12 @@ def _file_lines(ca: Mapping[str, Any], cb: Mapping[str, Any]) -> list[str]:
     one commit; '(committed)' is the file as the commit has it."""
     fa = {**(ca.get("changed") or {}), **(ca.get("untracked") or {})}
     fb = {**(cb.get("changed") or {}), **(cb.get("untracked") or {})}
-    out = []
-    for name in sorted(set(fa) | set(fb)):
-        if name not in fa or name not in fb or fa[name] != fb[name]:
-            shown = [_short(f[name]) if name in f else "(committed)" for f in (fa, fb)]
-            out.append(f"file {name}: {shown[0]} -> {shown[1]}")
-    return out
+    return [f"file {name}: {_committed(va)} -> {_committed(vb)}"
+            for name, va, vb in _changed(fa, fb)]
+
+
+def _committed(value: Any) -> str:
+    return "(committed)" if value is _ABSENT else _short(value)
 
 
 def package_lines(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
@@ -85,13 +93,13 @@ def package_lines(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     if pa.get("python") != pb.get("python"):
         out.append(f"python {pa.get('python')} -> {pb.get('python')}")
     da, db = pa.get("distributions") or {}, pb.get("distributions") or {}
-    for name in sorted(set(da) | set(db)):
-        if name not in da:
-            out.append(f"added {name} {db[name]}")
-        elif name not in db:
-            out.append(f"removed {name} {da[name]}")
-        elif da[name] != db[name]:
-            out.append(f"changed {name} {da[name]} -> {db[name]}")
+    for name, va, vb in _changed(da, db):
+        if va is _ABSENT:
+            out.append(f"added {name} {vb}")
+        elif vb is _ABSENT:
+            out.append(f"removed {name} {va}")
+        else:
+            out.append(f"changed {name} {va} -> {vb}")
     return out
 
 
@@ -109,17 +117,15 @@ def data_lines(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     out = []
     for kind, label in (("stores", "store"), ("files", "file")):
         xa, xb = _mapping(_mapping(a, "data"), kind), _mapping(_mapping(b, "data"), kind)
-        for name in sorted(set(xa) | set(xb)):
-            if name not in xa:
-                out.append(f"{label} {name}: (absent) -> {_short(_identity(xb[name]))}")
-            elif name not in xb:
-                out.append(f"{label} {name}: {_short(_identity(xa[name]))} -> (absent)")
-            elif _identity(xa[name]) != _identity(xb[name]):
-                what = "fingerprint" if kind == "stores" else "content"
-                path = (xb[name] or {}).get("path") if isinstance(xb[name], Mapping) else None
-                where = f" at {path}" if path and path != name else ""
-                out.append(f"{label} {name}{where}: {what} {_short(_identity(xa[name]))} -> "
-                           f"{_short(_identity(xb[name]))}")
+        for name, va, vb in _changed(xa, xb, key=_identity):
+            ia, ib = (_or_absent(v, lambda e: _short(_identity(e))) for v in (va, vb))
+            if va is _ABSENT or vb is _ABSENT:
+                out.append(f"{label} {name}: {ia} -> {ib}")
+                continue
+            what = "fingerprint" if kind == "stores" else "content"
+            path = (vb or {}).get("path") if isinstance(vb, Mapping) else None
+            where = f" at {path}" if path and path != name else ""
+            out.append(f"{label} {name}{where}: {what} {ia} -> {ib}")
     return out
 
 

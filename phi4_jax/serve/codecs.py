@@ -79,6 +79,17 @@ class _Base:
     def _decode_raw(self, ids: list[int]) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def encode(self, text: str) -> list[int]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The chat template rendered with a generation prompt, then encoded."""
+        if self.chat_template is None:
+            raise ValueError("this model has no chat template")
+        return self.encode(_render_jinja(self.chat_template, messages,
+                                         bos_token=self.special_token(self.bos_id) or "",
+                                         eos_token=self.special_token(self.eos_id) or ""))
+
 
 class GGUFCodec(_Base):
     """A GGUF file's tokenizer (`phi4_jax.convert.gguf.GGUFTokenizer`) and chat template."""
@@ -106,13 +117,6 @@ class GGUFCodec(_Base):
 
     def _decode_raw(self, ids: list[int]) -> str:
         return self._tok.decode(ids)
-
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        if self.chat_template is None:
-            raise ValueError("this model has no chat template")
-        return self.encode(_render_jinja(self.chat_template, messages,
-                                         bos_token=self.special_token(self.bos_id) or "",
-                                         eos_token=self.special_token(self.eos_id) or ""))
 
 
 class HFCodec(_Base):
@@ -155,13 +159,6 @@ class HFCodec(_Base):
 
     def _decode_raw(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)
-
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        if self.chat_template is None:
-            raise ValueError("this model has no chat template")
-        return self.encode(_render_jinja(self.chat_template, messages,
-                                         bos_token=self.special_token(self.bos_id) or "",
-                                         eos_token=self.special_token(self.eos_id) or ""))
 
 
 # ChatML with Phi-4's separator, as `data.chat.render` writes it (for /tokenizer_info).
