@@ -16,6 +16,13 @@ Both pipelines read the same token stores from disk (memory-mapped) and run sing
 "slots" counts every position of every row (padding included); "real" only document tokens.
 Restore time: a fresh iterator (open stores, plan) + set_state at 90% of the budget + the first
 batch.
+
+Store formats (same mixture, same run): the memory-mapped stores against their zarr3 copies
+(phi4_jax.data.convert_store) on local files and, with the `gcp-storage-emulator` package
+(`--emulator`, on by default when installed), in gs:// on a local emulator: a lower bound for a
+real bucket (one Python process serves every request). The demand side: tokens/s one v5p host
+(4 chips) trains Phi-4 14B at, from its model FLOPs per token at 50% MFU; "hosts per core" is
+what one core of the reader's packed tokens/s serves.
 """
 
 from __future__ import annotations
@@ -35,9 +42,14 @@ import numpy as np  # noqa: E402
 from grain.experimental import FirstFitPackIterDataset  # noqa: E402
 
 from data_mixtures import embedded  # noqa: E402 (the package registers the mixture names)
+from phi4_jax.data.convert_store import convert  # noqa: E402
 from phi4_jax.data.mixture import load_mixture  # noqa: E402
 from phi4_jax.data.pipeline import build_iterator  # noqa: E402
-from phi4_jax.data.store import TokenStore  # noqa: E402
+from phi4_jax.data.store import StoreError, TokenStore, read_manifest  # noqa: E402
+from phi4_jax.model.config import PRESETS  # noqa: E402
+from phi4_jax.train.flops import PEAK_FLOPS, flops_per_token  # noqa: E402
+
+V5P_CHIPS_PER_HOST, MFU = 4, 0.5
 
 
 def _measure(iterator, steps: int) -> dict[str, float]:
@@ -83,6 +95,40 @@ def grain_first_fit(mixture, seq_len: int, batch: int, seed: int):
     return iter(packed.batch(batch))
 
 
+def host_demand(seq_len: int = 4096) -> float:
+    """Tokens/s one v5p host consumes training Phi-4 14B at MFU (the demand side)."""
+    per_chip = MFU * PEAK_FLOPS["TPU v5p"] / flops_per_token(PRESETS["phi4_14b"], seq_len)
+    return V5P_CHIPS_PER_HOST * per_chip
+
+
+def copies(mixture, root: str):
+    """The mixture with every store converted to zarr3 under `root` (kept between runs when the
+    copy's manifest has the source's fingerprint)."""
+    sources = []
+    for s in mixture.sources:
+        dest = f"{root.rstrip('/')}/{s.name}"
+        try:
+            done = read_manifest(dest).fingerprint == TokenStore(s.path).fingerprint
+        except StoreError:
+            done = False
+        if not done:
+            convert(s.path, dest, store_format="zarr3")
+        sources.append(dataclasses.replace(s, path=dest))
+    return mixture.replace(sources=tuple(sources))
+
+
+def cpu_line() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{model}, {os.cpu_count()} cores, load average {load}"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,6 +141,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seq_len", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=16, help="rows per host batch")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--emulator", action=argparse.BooleanOptionalAction, default=None,
+                        help="also read zarr3 copies from a local GCS emulator (default: when "
+                             "gcp-storage-emulator is installed)")
     args = parser.parse_args(argv)
     if args.mixture == "embedded":
         mixture = embedded.build_mixture(args.cache_dir, budget_tokens=args.budget_tokens)
@@ -118,6 +167,32 @@ def main(argv=None) -> int:
             ("phi4_jax mixture, best-fit packing", _measure(ours(0, best_fit), steps)),
             ("grain mix + FirstFitPackIterDataset", _measure(
                 grain_first_fit(mixture, args.seq_len, args.batch, 0), steps))]
+
+    formats = [("mmap, local files", mixture),
+               ("zarr3 zstd, local files", copies(mixture, os.path.join(
+                   args.cache_dir, f"zarr3-{mixture.name}")))]
+    emulator = None
+    if args.emulator is not False:
+        try:
+            from tests.data import gcs_emulator  # noqa: PLC0415
+            emulator, url = gcs_emulator.start()
+            os.environ["TENSORSTORE_GCS_HTTP_URL"] = url
+            formats.append(("zarr3 zstd, gs:// on the emulator", copies(
+                mixture, f"gs://{gcs_emulator.BUCKET}/bench")))
+        except (ImportError, RuntimeError) as e:
+            if args.emulator:
+                raise
+            print(f"(no emulator: {e})")
+    store_rows = []
+    try:
+        for name, mix in formats:
+            next(ours(0, mix))  # open, plan, warm
+            store_rows.append((name, 0, _measure(ours(0, mix), steps)))
+            if "emulator" in name:
+                store_rows.append((name, 2, _measure(ours(2, mix), steps)))
+    finally:
+        if emulator is not None:
+            gcs_emulator.stop(emulator)
 
     restores = []
     for name, mix in (("concat", mixture), ("best-fit", best_fit)):
@@ -144,6 +219,19 @@ def main(argv=None) -> int:
     ratio = rows[0][1]["real_per_cpu_s"] / rows[-1][1]["real_per_cpu_s"]
     print(f"ratio, real tokens per core (phi4_jax concat / grain FirstFit): {ratio:.1f}x  "
           f"(target >= 1M tokens/s per core)")
+    demand = host_demand(args.seq_len)
+    print(f"\nstore formats, phi4_jax concat, same mixture and run ({cpu_line()}); demand: one "
+          f"v5p host (4 chips) trains Phi-4 14B on {demand / 1e3:.1f}K tokens/s at "
+          f"{MFU:.0%} MFU (seq {args.seq_len})")
+    header = (f"{'store':<36}{'threads':>8}{'real tok/s':>12}{'real tok/cpu-s':>16}"
+              f"{'hosts/core':>12}")
+    print(header)
+    print("-" * len(header))
+    for name, threads, r in store_rows:
+        print(f"{name:<36}{threads:>8}{r['real_per_s'] / 1e6:>11.2f}M"
+              f"{r['real_per_cpu_s'] / 1e6:>15.2f}M{r['real_per_cpu_s'] / demand:>12.0f}")
+    print("real tok/cpu-s counts this process only (the emulator's own CPU is not in it); "
+          "hosts/core = real tok/cpu-s / demand")
     for name, late, total, seconds in restores:
         print(f"restore ({name}): fresh iterator + set_state(step {late} of {total}) + first "
               f"batch: {seconds:.3f} s  (target < 5 s)")

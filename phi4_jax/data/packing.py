@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from phi4_jax.data.row_layout import Pieces
-from phi4_jax.data.store import TokenStore
+from phi4_jax.data.store import StoreReader
 from phi4_jax.data.tokenizer import PAD
 
 BATCH_KEYS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
@@ -47,8 +47,12 @@ def _ramp(lengths: np.ndarray) -> np.ndarray:
 
 
 def fill_rows(batch: dict[str, np.ndarray], out_rows: np.ndarray, pieces: Pieces,
-              store: TokenStore) -> None:
-    """Writes `pieces` (rows indexed into out_rows) from `store` into `batch` in place."""
+              store: StoreReader) -> None:
+    """Writes `pieces` (rows indexed into out_rows) from `store` into `batch` in place.
+
+    Each piece is read from the store as one span, its tokens plus the next one of its document
+    (the last target), with `store.read_spans`: one call per source and batch, whatever the
+    store's format."""
     if pieces.length.size == 0:
         return
     seq_len = batch["tokens"].shape[1]
@@ -57,17 +61,20 @@ def fill_rows(batch: dict[str, np.ndarray], out_rows: np.ndarray, pieces: Pieces
     doc_start = store.offsets[pieces.doc]
     doc_len = store.offsets[pieces.doc + 1] - doc_start
     offset_in_doc = np.repeat(pieces.start, length) + within
-    src = np.repeat(doc_start, length) + offset_in_doc
+    span_begin = doc_start + pieces.start
+    span_end = np.minimum(span_begin + length + 1, doc_start + doc_len)
+    tokens, store_mask = store.read_spans(span_begin, span_end)
+    span_len = span_end - span_begin
+    src = np.repeat(np.cumsum(span_len) - span_len, length) + within  # index into `tokens`
     row = out_rows[pieces.row]
     dest = np.repeat(row * seq_len + pieces.dst, length) + within
     has_next = offset_in_doc + 1 < np.repeat(doc_len, length)
     target_src = np.where(has_next, src + 1, src)
-    tokens = store.tokens
     batch["tokens"].reshape(-1)[dest] = tokens[src]
     batch["targets"].reshape(-1)[dest] = np.where(has_next, tokens[target_src], PAD)
     mask = has_next.astype(np.float32)
-    if store.loss_mask is not None:
-        mask *= store.loss_mask[target_src]
+    if store_mask is not None:
+        mask *= store_mask[target_src]
     batch["loss_mask"].reshape(-1)[dest] = mask
     batch["positions"].reshape(-1)[dest] = within
     # Segment ids: piece ordinal within its row (pieces are sorted by row, then slot).

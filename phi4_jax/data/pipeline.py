@@ -6,7 +6,11 @@
 Global step s is made of global rows [s * B, (s + 1) * B); process h of H builds only rows
 [s * B + h * B / H, s * B + (h + 1) * B / H), so concatenating the hosts' batches in process
 order gives the same global batch for any H. Each row comes from one source (schedule), and its
-content from that source's row layout (row_layout) gathered from the memory-mapped store (packing).
+content from that source's row layout (row_layout) read from its store (packing): memory-mapped
+files or a zarr3 store on any tensorstore kvstore (local, gs://), opened by path or URL with
+`store.open_store`; a zarr3 store is read on demand, only the spans of this host's rows, and
+Grain's prefetch (`prefetch` batches, `num_threads` workers) is the read-ahead that overlaps those
+reads with training.
 
 The iterator is a `grain.DatasetIterator` over `grain.MapDataset.range(num_steps).map(...)`
 with Grain's thread prefetch. Its state (`get_state()`) is JSON: {"version", "step", "grain",
@@ -37,7 +41,7 @@ from phi4_jax.data.mixture import Mixture, load_mixture
 from phi4_jax.data.packing import empty_batch, fill_rows
 from phi4_jax.data.plan import Plan, row_plan
 from phi4_jax.data.row_layout import make_layout
-from phi4_jax.data.store import MANIFEST, Manifest, StoreError, TokenStore
+from phi4_jax.data.store import StoreError, StoreReader, open_store, read_manifest
 
 STATE_VERSION = 1
 RESUME_SAMPLE_CHUNKS = 8  # chunks per store checked at restore (16 MiB of tokens each)
@@ -57,10 +61,10 @@ class MixtureData:
         self.mixture = load_mixture(mixture).resolve(data_root)
         self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
         self.best_fit_window = best_fit_window
-        self.stores: list[TokenStore] = []
+        self.stores: list[StoreReader] = []
         self.layouts = []
         for s in self.mixture.sources:
-            store = TokenStore(s.path, vocab_size=vocab_size)
+            store = open_store(s.path, vocab_size=vocab_size)
             if s.unique_tokens and abs(store.num_tokens / s.unique_tokens - 1) > 0.01:
                 log.warning("source %r: store %s has %d tokens, the mixture declares %.4g; "
                             "planning with the store's count", s.name, s.path,
@@ -261,10 +265,10 @@ def mixture_stores(data: Mapping[str, Any], *, verify_chunks: int | None = 8
     out = {}
     for source in mixture.sources:
         try:
-            manifest = Manifest.from_file(os.path.join(source.path, MANIFEST))
+            manifest = read_manifest(source.path)
             entry = store_entry(source.path, manifest)
             if verify_chunks is not None:
-                TokenStore(source.path).verify_chunks(sample=verify_chunks)
+                open_store(source.path).verify_chunks(sample=verify_chunks)
         except StoreError as e:
             entry = {"path": source.path, "fingerprint": None, "error": str(e)}
             if "does not match its checksum" in str(e):

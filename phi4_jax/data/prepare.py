@@ -18,8 +18,14 @@ for batch, `--runner=FnApiRunner` (what `DirectRunner` runs after it fails to do
 Prism runner, which it tries first). Parallel local workers: `--direct_num_workers=2
 --direct_running_mode=multi_processing`. Dataflow: `--runner=DataflowRunner --project=P
 --region=R --temp_location=gs://B/tmp --work_dir=gs://B/prepare/web --setup_file=./setup.py`
-(workers need the phi4_jax package; the output store is written by the driver and must be a
-local or mounted path).
+(workers need the phi4_jax package).
+
+Store formats (`--store_format`): `mmap` (memory-mapped files in a local directory) or `zarr3`
+(phi4_jax.data.ts_store: zarr v3 arrays on any tensorstore kvstore). An `--output` URL
+(gs://BUCKET/PATH, memory://, file://) means zarr3 and puts the shards under OUTPUT/_shards on
+the same kvstore (workers write them through tensorstore, so gs:// needs no Beam GCP extras);
+a local --output defaults to mmap. Either way the manifest is written last and a shard's
+completion marker means it is complete.
 """
 
 from __future__ import annotations
@@ -47,7 +53,13 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from phi4_jax.data import chat, sft  # noqa: E402
 from phi4_jax.data.readers import REASONS, ReadOptions, detect_format, read_records  # noqa: E402
-from phi4_jax.data.store import MANIFEST, Manifest, StoreWriter  # noqa: E402
+from phi4_jax.data.store import (  # noqa: E402
+    Manifest,
+    StoreError,
+    is_url,
+    read_manifest,
+    store_writer,
+)
 from phi4_jax.data.tokenizer import TOKENIZER_ID, tokenize_documents  # noqa: E402
 from phi4_jax.io import BadInputReport, atomic_write_bytes  # noqa: E402
 
@@ -63,6 +75,7 @@ class PrepareConfig:
     append_eos: bool = True  # <|endoftext|> after every document (not for chat)
     max_doc_tokens: int | None = None
     num_threads: int = 2  # tiktoken threads per worker
+    store_format: str | None = None  # "mmap" or "zarr3"; None: zarr3 for a URL output, else mmap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +88,28 @@ def _shard_path(work_dir: str, shard_id: int, suffix: str) -> str:
     return f"{work_dir.rstrip('/')}/{shard_id:06d}.{suffix}"
 
 
+# Work dirs on these schemes are written through tensorstore's kvstore (as the zarr3 store
+# itself); local paths and other schemes (hdfs://, s3:// with Beam's extras) through Beam.
+_KVSTORE_SCHEMES = ("gs://", "memory://", "file://")
+
+
+def _on_kvstore(path: str) -> bool:
+    return path.startswith(_KVSTORE_SCHEMES)
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rstrip("/").rpartition("/")
+    return parent, name
+
+
 def write_atomic(path: str, data: bytes) -> None:
-    """Writes a file on any Beam filesystem via a temporary name and a rename."""
+    """Writes a file on any Beam filesystem (via a temporary name and a rename) or kvstore URL
+    (one object write, atomic by itself)."""
+    if _on_kvstore(path):
+        from phi4_jax.data import ts_store  # noqa: PLC0415
+
+        ts_store.write_bytes(*_split(path), data)
+        return
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         f.write(data)
@@ -84,8 +117,44 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 def read_bytes(path: str) -> bytes:
+    if _on_kvstore(path):
+        from phi4_jax.data import ts_store  # noqa: PLC0415
+
+        data = ts_store.read_bytes(*_split(path))
+        if data is None:
+            raise FileNotFoundError(path)
+        return data
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return f.read()
+
+
+def file_exists(path: str) -> bool:
+    if _on_kvstore(path):
+        from phi4_jax.data import ts_store  # noqa: PLC0415
+
+        return ts_store.exists(*_split(path))
+    return FileSystems.exists(path)
+
+
+def count_markers(work_dir: str) -> int:
+    if _on_kvstore(work_dir):
+        from phi4_jax.data import ts_store  # noqa: PLC0415
+
+        return sum(k.endswith(".done") for k in ts_store.list_keys(work_dir))
+    pattern = f"{work_dir.rstrip('/')}/*.done"
+    return len(FileSystems.match([pattern])[0].metadata_list)
+
+
+def remove_work_dir(work_dir: str, shards: Sequence[ShardSpec]) -> None:
+    if _on_kvstore(work_dir):  # object by object, by name (no listing: see ts_store.delete)
+        from phi4_jax.data import ts_store  # noqa: PLC0415
+
+        for shard in shards:
+            for suffix in ("tokens.npy", "lengths.npy", "mask.npy", "report.json", "done"):
+                ts_store.delete(work_dir, f"{shard.shard_id:06d}.{suffix}")
+        ts_store.delete(work_dir, "prepare.json")
+    elif "://" not in work_dir:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -131,7 +200,7 @@ def _tokenize(config: PrepareConfig, records: list[tuple[str, str, object]],
 def process_shard(shard: ShardSpec, config: PrepareConfig) -> dict:
     """Tokenizes one shard and writes it atomically with its marker (skipped if marked)."""
     marker = _shard_path(config.work_dir, shard.shard_id, "done")
-    if FileSystems.exists(marker):
+    if file_exists(marker):
         return {"shard": shard.shard_id, "skipped": True}
     start = time.perf_counter()
     report = BadInputReport(REASONS)
@@ -181,8 +250,7 @@ class TokenizeShards(beam.DoFn):
         self.documents.inc(summary["documents"])
         self.tokens.inc(summary["tokens"])
         self.bad.inc(summary["bad"])
-        pattern = f"{self.config.work_dir.rstrip('/')}/*.done"
-        done = len(FileSystems.match([pattern])[0].metadata_list)
+        done = count_markers(self.config.work_dir)
         elapsed = time.time() - self.started
         new = max(done - self.already_done, 1)
         eta = elapsed / new * (self.num_shards - done)
@@ -266,13 +334,23 @@ def _prepare_key(config: PrepareConfig, shards: list[ShardSpec]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _write_output(output: str, name: str, data: bytes) -> None:
+    if is_url(output):
+        from phi4_jax.data import ts_store  # noqa: PLC0415
+
+        ts_store.write_bytes(output, name, data)
+    else:
+        atomic_write_bytes(os.path.join(output, name), data)
+
+
 def merge(config: PrepareConfig, shards: list[ShardSpec], report: BadInputReport,
           key: str) -> Manifest:
     """Merges the marked shards, in order, into the store; writes the report beside it."""
     from tqdm import tqdm  # noqa: PLC0415
 
     chat_format = config.read.format == "chat"
-    writer = StoreWriter(config.output, config.source_name, with_loss_mask=chat_format)
+    writer = store_writer(config.output, config.source_name, with_loss_mask=chat_format,
+                          store_format=config.store_format)
     for shard in tqdm(shards, desc=f"merge {config.source_name}", unit="shard"):
         tokens = np.load(io.BytesIO(read_bytes(_shard_path(config.work_dir, shard.shard_id,
                                                            "tokens.npy"))))
@@ -284,10 +362,8 @@ def merge(config: PrepareConfig, shards: list[ShardSpec], report: BadInputReport
             writer.append(tokens, lengths, mask)
         report.merge(BadInputReport.from_json(reasons=REASONS, raw=json.loads(read_bytes(
             _shard_path(config.work_dir, shard.shard_id, "report.json")))))
-    atomic_write_bytes(os.path.join(config.output, "report.json"),
-                       json.dumps(report.to_json(), indent=1).encode())
-    atomic_write_bytes(os.path.join(config.output, "report.txt"),
-                       (report.format_text() + "\n").encode())
+    _write_output(config.output, "report.json", json.dumps(report.to_json(), indent=1).encode())
+    _write_output(config.output, "report.txt", (report.format_text() + "\n").encode())
     return writer.finish({"prepare_key": key, "shards": len(shards),
                           "records_ok": report.records_ok,
                           "bad_total": sum(report.totals().values()),
@@ -299,22 +375,23 @@ def run(config: PrepareConfig, inputs: Sequence[str], *, files_per_shard: int = 
     """Runs (or resumes) the whole job; returns the store's manifest."""
     shards, unsupported = make_shards(list_inputs(inputs), config.read.format, files_per_shard)
     key = _prepare_key(config, shards)
-    manifest_path = os.path.join(config.output, MANIFEST)
-    if os.path.exists(manifest_path):
-        done = Manifest.from_file(manifest_path)
-        if done.info.get("prepare_key") == key:
-            log.info("[%s] already prepared: %s", config.source_name, config.output)
-            return done
+    try:
+        done = read_manifest(config.output)
+    except StoreError:
+        done = None
+    if done is not None and done.info.get("prepare_key") == key and done.format == (
+            config.store_format or ("zarr3" if is_url(config.output) else "mmap")):
+        log.info("[%s] already prepared: %s", config.source_name, config.output)
+        return done
     plan_path = f"{config.work_dir.rstrip('/')}/prepare.json"
-    fs = FileSystems
-    if fs.exists(plan_path):
+    if file_exists(plan_path):
         if json.loads(read_bytes(plan_path))["key"] != key:
             raise RuntimeError(f"{config.work_dir} holds shards of a different prepare job (inputs "
                                "or options changed); delete it or pass another --work_dir")
     else:
         write_atomic(plan_path, json.dumps({"key": key, "shards": len(shards)}).encode())
-    pending = [s for s in shards if not fs.exists(_shard_path(config.work_dir, s.shard_id,
-                                                              "done"))]
+    pending = [s for s in shards if not file_exists(_shard_path(config.work_dir, s.shard_id,
+                                                                "done"))]
     log.info("[%s] %d input files -> %d shards (%d already done), %d unsupported files",
              config.source_name, sum(len(s.files) for s in shards), len(shards),
              len(shards) - len(pending), len(unsupported))
@@ -329,15 +406,15 @@ def run(config: PrepareConfig, inputs: Sequence[str], *, files_per_shard: int = 
             _ = (pipeline | "Shards" >> beam.Create(pending)
                  | "Spread" >> beam.Reshuffle() | "Tokenize" >> beam.ParDo(step))
     missing = [s.shard_id for s in shards
-               if not fs.exists(_shard_path(config.work_dir, s.shard_id, "done"))]
+               if not file_exists(_shard_path(config.work_dir, s.shard_id, "done"))]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} have no completion marker; re-run to resume")
     report = BadInputReport(REASONS)
     for path in unsupported:
         report.bad(path, "unsupported_file_type", "file", os.path.splitext(path)[1] or path)
     manifest = merge(config, shards, report, key)
-    if not keep_shards and "://" not in config.work_dir:
-        shutil.rmtree(config.work_dir, ignore_errors=True)
+    if not keep_shards:
+        remove_work_dir(config.work_dir, shards)
     return manifest
 
 
@@ -350,7 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.parser(PROG, __doc__, example=" ".join(first_command.replace("\\", "").split()))
     parser.add_argument("--input", action="append", required=True,
                         help="file, directory or glob (repeatable)")
-    parser.add_argument("--output", required=True, help="token store directory")
+    parser.add_argument("--output", required=True,
+                        help="token store directory, or URL (gs://BUCKET/PATH: zarr3)")
+    parser.add_argument("--store_format", choices=("mmap", "zarr3"), default=None,
+                        help="store format (default: zarr3 for a URL --output, else mmap)")
     parser.add_argument("--source_name", required=True, help="logical source name")
     parser.add_argument("--work_dir", help="shard directory (default OUTPUT/_shards)")
     parser.add_argument("--format", default="auto",
@@ -369,20 +449,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     text_field = args.text_field or ("messages" if args.format == "chat" else "text")
     config = PrepareConfig(
         source_name=args.source_name, output=args.output,
-        work_dir=args.work_dir or os.path.join(args.output, "_shards"),
+        work_dir=args.work_dir or f"{args.output.rstrip('/')}/_shards",
         read=ReadOptions(format=args.format, text_field=text_field,
                          max_doc_chars=args.max_doc_chars),
         append_eos=not args.no_append_eos and args.format != "chat",
-        max_doc_tokens=args.max_doc_tokens, num_threads=args.num_threads)
+        max_doc_tokens=args.max_doc_tokens, num_threads=args.num_threads,
+        store_format=args.store_format)
+    if args.store_format == "mmap" and is_url(args.output):
+        raise cli.UsageError(f"--output {args.output}: a URL holds zarr3 stores; drop "
+                             "--store_format=mmap or give a local directory")
     list_inputs(args.input)  # an --input naming nothing is refused before anything is written
-    from phi4_jax import runs  # the run record (runs reads stores: not imported at load)
+    if not is_url(args.output):  # the run record lives beside a local store only
+        from phi4_jax import runs  # the run record (runs reads stores: not imported at load)
 
-    runs.write_job_record(args.output, job=PROG, argv=argv, inputs=args.input,
-                          config={**vars(args), "beam_args": beam_args})
+        runs.write_job_record(args.output, job=PROG, argv=argv, inputs=args.input,
+                              config={**vars(args), "beam_args": beam_args})
     manifest = run(config, args.input, files_per_shard=args.files_per_shard,
                    beam_args=beam_args, keep_shards=args.keep_shards)
-    with open(os.path.join(args.output, "report.txt"), encoding="utf-8") as f:
-        print(f.read(), end="")
+    print(read_bytes(f"{args.output.rstrip('/')}/report.txt" if is_url(args.output) else
+                     os.path.join(args.output, "report.txt")).decode(), end="")
     print(f"store {args.output}: {manifest.num_documents} documents, {manifest.num_tokens} tokens, "
           f"fingerprint {manifest.fingerprint[:16]}")
     return 0

@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from phi4_jax.data.store import TokenStore
+from phi4_jax.data.store import StoreReader, open_store, read_manifest
 
 
 @dataclasses.dataclass
@@ -90,7 +90,7 @@ class _Layout:
 
     packing: str
 
-    def __init__(self, store: TokenStore, seq_len: int, seed: int, name: str | None = None):
+    def __init__(self, store: StoreReader, seq_len: int, seed: int, name: str | None = None):
         self.store, self.seq_len, self.seed = store, seq_len, seed
         self.name = name or store.name
         self.lengths = store.doc_lengths()
@@ -169,7 +169,7 @@ def best_fit(lengths: np.ndarray, capacity: int, max_items: int | None = None
 class BestFitLayout(_Layout):
     packing = "best_fit"
 
-    def __init__(self, store: TokenStore, seq_len: int, seed: int, name: str | None = None,
+    def __init__(self, store: StoreReader, seq_len: int, seed: int, name: str | None = None,
                  window: int = 2048):
         super().__init__(store, seq_len, seed, name)
         self.window = window
@@ -230,7 +230,7 @@ class BestFitLayout(_Layout):
         return Pieces.concatenate(parts)
 
 
-def make_layout(store: TokenStore, packing: str, seq_len: int, seed: int, name: str,
+def make_layout(store: StoreReader, packing: str, seq_len: int, seed: int, name: str,
                 window: int = 2048) -> ConcatLayout | BestFitLayout:
     if packing == "concat":
         return ConcatLayout(store, seq_len, seed, name)
@@ -241,11 +241,12 @@ def make_layout(store: TokenStore, packing: str, seq_len: int, seed: int, name: 
 
 def measure_sources(mixture, seq_len: int | None, seed: int = 0
                     ) -> tuple[dict[str, float], dict[str, float] | None]:
-    """Unique tokens from each source's store and, given seq_len, best-fit fill factors."""
+    """Unique tokens from each source's manifest and, given seq_len, best-fit fill factors (a
+    concat source's is 1; a best-fit source's needs its document lengths: the offsets)."""
     unique, fills = {}, {}
     for s in mixture.sources:
-        store = TokenStore(s.path)
-        unique[s.name] = float(store.num_tokens)
+        unique[s.name] = float(read_manifest(s.path).num_tokens)
         if seq_len is not None:
-            fills[s.name] = make_layout(store, s.packing, seq_len, seed, s.name).fill()
+            fills[s.name] = 1.0 if s.packing == "concat" else make_layout(
+                open_store(s.path), s.packing, seq_len, seed, s.name).fill()
     return unique, (fills if seq_len is not None else None)

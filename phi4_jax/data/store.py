@@ -21,6 +21,11 @@ largest token id, so a consumer that knows its vocabulary size (`TokenStore(path
 vocab_size=V)`) refuses a store with ids >= V at open in O(1). Stores written before these
 fields existed still open: the largest id is then computed once with numpy, and the chunk
 check is skipped with one warning per store.
+
+Two formats implement one reader interface (`StoreReader`): this module's memory-mapped files
+(`TokenStore`) and `phi4_jax.data.ts_store`'s zarr v3 arrays on any tensorstore kvstore (local,
+gs://, memory://), recorded in the manifest's `storage` field. `open_store(path_or_url)` opens
+either; both have the same manifest, fingerprint and per-chunk checksums for the same content.
 """
 
 from __future__ import annotations
@@ -67,21 +72,36 @@ class Manifest:
     # {"algorithm": "crc32", "chunk_tokens": C, "offsets": hex, "tokens": [hex per chunk],
     #  "loss_mask": [hex per chunk] (with a loss mask)}
     checksums: dict[str, Any] | None = None
+    # How the arrays are stored: None for the memory-mapped files of this module, else e.g.
+    # {"format": "zarr3", "codec": "zstd", ...} (phi4_jax.data.ts_store). Not in the fingerprint.
+    storage: dict[str, Any] | None = None
+
+    @property
+    def format(self) -> str:
+        return (self.storage or {}).get("format", "mmap")
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        raw = dataclasses.asdict(self)
+        if raw["storage"] is None:  # memory-mapped stores keep their manifest as it was
+            del raw["storage"]
+        return json.dumps(raw, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> Manifest:
+        try:
+            return cls(**json.loads(data))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+            raise StoreError(f"{where}: unreadable manifest ({e})") from e
 
     @classmethod
     def from_file(cls, path: str) -> Manifest:
         try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-            return cls(**raw)
+            with open(path, "rb") as f:
+                data = f.read()
         except FileNotFoundError as e:
             raise StoreError(f"{path}: missing; not a token store, or its prepare job has not "
                              "finished (rerun it: completed shards are kept)") from e
-        except (json.JSONDecodeError, TypeError) as e:
-            raise StoreError(f"{path}: unreadable manifest ({e})") from e
+        return cls.from_bytes(data, path)
 
 
 class _ChunkCRC:
@@ -104,6 +124,71 @@ class _ChunkCRC:
         return [f"{c:08x}" for c in self.sums + ([self.crc] if self.filled else [])]
 
 
+class ContentDigest:
+    """What every store writer computes while documents stream in, whatever the format: the
+    content fingerprint, the per-chunk CRC-32s, the largest token id and the offsets."""
+
+    def __init__(self, where: str, with_loss_mask: bool):
+        self.where, self.with_loss_mask = where, with_loss_mask
+        self._lengths: list[np.ndarray] = []
+        self._hash = hashlib.sha256(f"{FORMAT_VERSION}:{TOKENIZER_ID}".encode())
+        self._mask_hash = hashlib.sha256()
+        self._token_crc = _ChunkCRC(CHECKSUM_CHUNK_TOKENS * 4)
+        self._mask_crc = _ChunkCRC(CHECKSUM_CHUNK_TOKENS)
+        self.num_tokens = 0
+        self.max_token_id: int | None = None
+
+    def update(self, tokens: np.ndarray, doc_lengths: np.ndarray,
+               loss_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Checks and digests documents given as concatenated tokens and per-document lengths;
+        returns the tokens as little-endian uint32 and the mask as uint8 (or None)."""
+        tokens = np.ascontiguousarray(tokens, dtype="<u4")
+        doc_lengths = np.asarray(doc_lengths, np.int64)
+        if int(doc_lengths.sum()) != tokens.size or (doc_lengths <= 0).any():
+            raise StoreError(f"{self.where}: document lengths must be positive and sum to the "
+                             f"number of tokens ({int(doc_lengths.sum())} != {tokens.size})")
+        if (loss_mask is None) == self.with_loss_mask:
+            raise StoreError(f"{self.where}: loss_mask must be given iff with_loss_mask")
+        buf = tokens.tobytes()
+        self._hash.update(buf)
+        self._token_crc.update(buf)
+        if tokens.size:
+            top = int(tokens.max())
+            self.max_token_id = top if self.max_token_id is None else max(self.max_token_id, top)
+        mask = None
+        if loss_mask is not None:
+            mask = np.ascontiguousarray(loss_mask, dtype=np.uint8)
+            if mask.size != tokens.size:
+                raise StoreError(f"{self.where}: loss_mask has {mask.size} entries for "
+                                 f"{tokens.size} tokens")
+            self._mask_hash.update(mask.tobytes())
+            self._mask_crc.update(mask.tobytes())
+        self._lengths.append(doc_lengths)
+        self.num_tokens += tokens.size
+        return tokens, mask
+
+    def offsets(self) -> np.ndarray:
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+        return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+    def manifest(self, source_name: str, info: dict[str, Any] | None = None,
+                 storage: dict[str, Any] | None = None) -> Manifest:
+        offsets = self.offsets()
+        digest = self._hash.copy()
+        digest.update(offsets.astype("<i8").tobytes())
+        digest.update(self._mask_hash.digest() if self.with_loss_mask else b"")
+        checksums = {"algorithm": "crc32", "chunk_tokens": CHECKSUM_CHUNK_TOKENS,
+                     "offsets": f"{zlib.crc32(offsets.astype('<i8').tobytes()):08x}",
+                     "tokens": self._token_crc.hex()}
+        if self.with_loss_mask:
+            checksums["loss_mask"] = self._mask_crc.hex()
+        return Manifest(source_name=source_name, num_documents=int(offsets.size - 1),
+                        num_tokens=int(self.num_tokens), tokenizer_id=TOKENIZER_ID,
+                        fingerprint=digest.hexdigest(), has_loss_mask=self.with_loss_mask,
+                        info=dict(info or {}), max_token_id=self.max_token_id,
+                        checksums=checksums, storage=storage)
+
+
 class StoreWriter:
     """Streams documents into a new store; `finish()` renames the files into place, manifest last.
 
@@ -119,47 +204,22 @@ class StoreWriter:
         self._tokens = open(os.path.join(path, TOKENS + self._suffix), "wb")  # noqa: SIM115
         self._mask = (open(os.path.join(path, LOSS_MASK + self._suffix), "wb")  # noqa: SIM115
                       if with_loss_mask else None)
-        self._lengths: list[np.ndarray] = []
-        self._hash = hashlib.sha256(f"{FORMAT_VERSION}:{TOKENIZER_ID}".encode())
-        self._mask_hash = hashlib.sha256()
-        self._token_crc = _ChunkCRC(CHECKSUM_CHUNK_TOKENS * 4)
-        self._mask_crc = _ChunkCRC(CHECKSUM_CHUNK_TOKENS)
-        self.num_tokens = 0
-        self.max_token_id: int | None = None
+        self.digest = ContentDigest(path, with_loss_mask)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.digest.num_tokens
 
     def append(self, tokens: np.ndarray, doc_lengths: np.ndarray,
                loss_mask: np.ndarray | None = None) -> None:
         """Appends documents given as their concatenated tokens and per-document lengths."""
-        tokens = np.ascontiguousarray(tokens, dtype="<u4")
-        doc_lengths = np.asarray(doc_lengths, np.int64)
-        if int(doc_lengths.sum()) != tokens.size or (doc_lengths <= 0).any():
-            raise StoreError(f"{self.path}: document lengths must be positive and sum to the "
-                             f"number of tokens ({int(doc_lengths.sum())} != {tokens.size})")
-        if (loss_mask is None) == self.with_loss_mask:
-            raise StoreError(f"{self.path}: loss_mask must be given iff with_loss_mask")
-        buf = tokens.tobytes()
-        self._tokens.write(buf)
-        self._hash.update(buf)
-        self._token_crc.update(buf)
-        if tokens.size:
-            top = int(tokens.max())
-            self.max_token_id = top if self.max_token_id is None else max(self.max_token_id, top)
-        if loss_mask is not None:
-            mask = np.ascontiguousarray(loss_mask, dtype=np.uint8)
-            if mask.size != tokens.size:
-                raise StoreError(f"{self.path}: loss_mask has {mask.size} entries for "
-                                 f"{tokens.size} tokens")
+        tokens, mask = self.digest.update(tokens, doc_lengths, loss_mask)
+        self._tokens.write(tokens.tobytes())
+        if mask is not None:
             self._mask.write(mask.tobytes())
-            self._mask_hash.update(mask.tobytes())
-            self._mask_crc.update(mask.tobytes())
-        self._lengths.append(doc_lengths)
-        self.num_tokens += tokens.size
 
     def finish(self, info: dict[str, Any] | None = None) -> Manifest:
-        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        self._hash.update(offsets.astype("<i8").tobytes())
-        self._hash.update(self._mask_hash.digest() if self.with_loss_mask else b"")
+        offsets = self.digest.offsets()
         for f in (self._tokens, self._mask):
             if f is not None:
                 f.flush()
@@ -172,25 +232,19 @@ class StoreWriter:
         npy = io.BytesIO()
         np.save(npy, offsets)
         atomic_write_bytes(os.path.join(self.path, OFFSETS), npy.getvalue())
-        checksums = {"algorithm": "crc32", "chunk_tokens": CHECKSUM_CHUNK_TOKENS,
-                     "offsets": f"{zlib.crc32(offsets.astype('<i8').tobytes()):08x}",
-                     "tokens": self._token_crc.hex()}
-        if self.with_loss_mask:
-            checksums["loss_mask"] = self._mask_crc.hex()
-        manifest = Manifest(source_name=self.source_name, num_documents=int(lengths.size),
-                            num_tokens=int(self.num_tokens), tokenizer_id=TOKENIZER_ID,
-                            fingerprint=self._hash.hexdigest(),
-                            has_loss_mask=self.with_loss_mask, info=dict(info or {}),
-                            max_token_id=self.max_token_id, checksums=checksums)
+        manifest = self.digest.manifest(self.source_name, info)
         atomic_write_bytes(os.path.join(self.path, MANIFEST), manifest.to_json().encode())
         return manifest
 
 
 def write_store(path: str, source_name: str, documents: Iterable[np.ndarray], *,
                 loss_masks: Iterable[np.ndarray] | None = None,
-                info: dict[str, Any] | None = None, chunk_tokens: int = 1 << 22) -> Manifest:
-    """Writes a store from an iterable of token arrays (one per document)."""
-    writer = StoreWriter(path, source_name, with_loss_mask=loss_masks is not None)
+                info: dict[str, Any] | None = None, chunk_tokens: int = 1 << 22,
+                store_format: str | None = None, **options: Any) -> Manifest:
+    """Writes a store from an iterable of token arrays (one per document); store_format and
+    options as `store_writer` (default: zarr3 for a URL, else mmap)."""
+    writer = store_writer(path, source_name, with_loss_mask=loss_masks is not None,
+                          store_format=store_format, **options)
     masks = iter(loss_masks) if loss_masks is not None else None
     pending: list[np.ndarray] = []
     pending_masks: list[np.ndarray] = []
@@ -216,15 +270,77 @@ def write_store(path: str, source_name: str, documents: Iterable[np.ndarray], *,
     return writer.finish(info)
 
 
-class TokenStore:
-    """Read-only view of a store: memory-mapped tokens, offsets and optional loss mask."""
+def store_writer(path: str, source_name: str, *, with_loss_mask: bool = False,
+                 store_format: str | None = None, **options: Any):
+    """A writer (`append(tokens, lengths, mask)`, `finish(info) -> Manifest`) for `path` in
+    `store_format`: "mmap" (this module's files; a local path) or "zarr3" (ts_store: any
+    tensorstore kvstore). Default: zarr3 for a URL (gs://, memory://, file://), else mmap."""
+    store_format = store_format or ("zarr3" if is_url(path) else "mmap")
+    if store_format == "mmap":
+        if is_url(path):
+            raise StoreError(f"{path}: memory-mapped stores are local directories; write a "
+                             "URL with store_format='zarr3'")
+        if options:
+            raise StoreError(f"{path}: the mmap format takes no options ({sorted(options)})")
+        return StoreWriter(path, source_name, with_loss_mask=with_loss_mask)
+    if store_format == "zarr3":
+        from phi4_jax.data import ts_store  # noqa: PLC0415 (tensorstore only when used)
 
-    def __init__(self, path: str, *, verify: bool = False, vocab_size: int | None = None):
-        """Opens (memory-maps) the store at `path`. verify: recompute the whole fingerprint.
-        vocab_size: refuse a store holding token ids >= vocab_size (StoreError naming it)."""
-        self.path = path
+        return ts_store.ZarrStoreWriter(path, source_name, with_loss_mask=with_loss_mask,
+                                        **options)
+    raise StoreError(f"{path}: unknown store format {store_format!r} (mmap or zarr3)")
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def read_manifest(path: str) -> Manifest:
+    """The manifest of the store at a local path or URL (StoreError naming it if absent)."""
+    if not is_url(path):
+        return Manifest.from_file(os.path.join(path, MANIFEST))
+    from phi4_jax.data import ts_store  # noqa: PLC0415
+
+    return ts_store.read_manifest(path)
+
+
+def open_store(path: str, *, verify: bool = False, vocab_size: int | None = None
+               ) -> StoreReader:
+    """Opens the store at a local path or URL in whichever format its manifest records."""
+    manifest = read_manifest(path)
+    if manifest.format == "mmap":
+        if is_url(path):
+            raise StoreError(f"{path}: a memory-mapped store cannot be read from a URL; convert "
+                             "it (python -m phi4_jax.data.convert_store)")
+        return TokenStore(path, verify=verify, vocab_size=vocab_size, manifest=manifest)
+    if manifest.format == "zarr3":
+        from phi4_jax.data import ts_store  # noqa: PLC0415
+
+        return ts_store.ZarrTokenStore(path, verify=verify, vocab_size=vocab_size,
+                                       manifest=manifest)
+    raise StoreError(f"{path}: unknown store format {manifest.format!r} in its manifest")
+
+
+def _ramp(lengths: np.ndarray) -> np.ndarray:
+    """Concatenated aranges: [0..l0), [0..l1), ..."""
+    total = int(lengths.sum())
+    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
+class StoreReader:
+    """What every store format gives readers (the pipeline, layouts, checks, the converter).
+
+    A format sets `path`, `manifest` and `offsets` (int64 [num_documents + 1], in memory or
+    mapped) and implements `read_range` (one array's tokens [begin, end)) and `read_spans`
+    (many ranges at once: what packing calls). The checks below are shared."""
+
+    path: str
+    manifest: Manifest
+    offsets: np.ndarray
+
+    def _check_manifest(self, path: str, m: Manifest) -> None:
+        self.path, self.manifest = path, m
         self._max_token_id: int | None = None
-        self.manifest = m = Manifest.from_file(os.path.join(path, MANIFEST))
         # The store's name, counts and fingerprint are its (frozen) manifest's.
         self.name, self.fingerprint = m.source_name, m.fingerprint
         self.num_documents, self.num_tokens = m.num_documents, m.num_tokens
@@ -234,32 +350,47 @@ class TokenStore:
         if m.tokenizer_id != TOKENIZER_ID:
             raise StoreError(f"{path}: tokenized with {m.tokenizer_id!r}, this code uses "
                              f"{TOKENIZER_ID!r}; re-run prepare")
-        self.tokens = self._map(TOKENS, np.dtype("<u4"), m.num_tokens)
-        self.loss_mask = self._map(LOSS_MASK, np.dtype(np.uint8), m.num_tokens) \
-            if m.has_loss_mask else None
-        offsets_path = os.path.join(path, OFFSETS)
-        try:
-            self.offsets = np.load(offsets_path, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise StoreError(f"{offsets_path}: unreadable ({e})") from e
+
+    def _check_offsets(self, where: str) -> None:
+        m = self.manifest
         if (self.offsets.shape != (m.num_documents + 1,) or self.offsets.dtype != np.int64
                 or self.offsets[0] != 0 or self.offsets[-1] != m.num_tokens):
-            raise StoreError(f"{offsets_path}: shape {self.offsets.shape} / bounds do not match "
+            raise StoreError(f"{where}: shape {self.offsets.shape} / bounds do not match "
                              f"the manifest ({m.num_documents} documents, {m.num_tokens} tokens)")
-        if verify and self.compute_fingerprint() != m.fingerprint:
-            raise StoreError(f"{path}: content does not match the manifest fingerprint")
+
+    def _finish_open(self, verify: bool, vocab_size: int | None) -> None:
+        if verify and self.compute_fingerprint() != self.manifest.fingerprint:
+            raise StoreError(f"{self.path}: content does not match the manifest fingerprint")
         if vocab_size is not None:
             self.check_vocab(vocab_size)
 
     @property
+    def has_loss_mask(self) -> bool:
+        return self.manifest.has_loss_mask
+
+    def array_location(self, array: str) -> str:
+        """Where `array` ("tokens", "loss_mask", "offsets") lives, for messages."""
+        raise NotImplementedError
+
+    def read_range(self, array: str, begin: int, end: int) -> np.ndarray:
+        """Elements [begin, end) of "tokens" (uint32) or "loss_mask" (uint8)."""
+        raise NotImplementedError
+
+    def read_spans(self, begin: np.ndarray, end: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Token ranges [begin[i], end[i]) concatenated in order, and their loss mask (None
+        without one)."""
+        raise NotImplementedError
+
+    @property
     def max_token_id(self) -> int | None:
         """The largest token id (None for an empty store): the manifest's, else computed once
-        from the memory-mapped tokens."""
+        from the tokens."""
         if self.manifest.max_token_id is not None:
             return self.manifest.max_token_id
         if self._max_token_id is None and self.num_tokens:
             chunk = CHECKSUM_CHUNK_TOKENS
-            self._max_token_id = max(int(np.max(self.tokens[a:a + chunk]))
+            self._max_token_id = max(int(np.max(self.read_range("tokens", a, a + chunk)))
                                      for a in range(0, self.num_tokens, chunk))
         return self._max_token_id
 
@@ -289,7 +420,7 @@ class TokenStore:
             raise StoreError(f"{self.path}: unknown checksum algorithm {sums.get('algorithm')!r}")
         offsets = np.ascontiguousarray(self.offsets, "<i8")
         if f"{zlib.crc32(offsets):08x}" != sums["offsets"]:
-            raise StoreError(f"{os.path.join(self.path, OFFSETS)}: does not match its checksum "
+            raise StoreError(f"{self.array_location('offsets')}: does not match its checksum "
                              "in the manifest: the store changed after it was written")
         chunk, count = int(sums["chunk_tokens"]), len(sums["tokens"])
         if count != -(-self.num_tokens // chunk):
@@ -300,18 +431,80 @@ class TokenStore:
             rest = np.random.default_rng(seed).choice(np.arange(1, count - 1), max(sample - 2, 0),
                                                       replace=False)
             picks = sorted({0, count - 1, *map(int, rest)})
-        arrays = [(TOKENS, self.tokens, sums["tokens"])]
-        if self.loss_mask is not None:
-            arrays.append((LOSS_MASK, self.loss_mask, sums.get("loss_mask") or []))
-        for name, array, expected in arrays:
+        arrays = [("tokens", sums["tokens"])]
+        if self.has_loss_mask:
+            arrays.append(("loss_mask", sums.get("loss_mask") or []))
+        for name, expected in arrays:
             for k in picks:
-                part = np.ascontiguousarray(array[k * chunk:(k + 1) * chunk])
+                part = np.ascontiguousarray(self.read_range(name, k * chunk,
+                                                            min((k + 1) * chunk, self.num_tokens)))
                 if k >= len(expected) or f"{zlib.crc32(part):08x}" != expected[k]:
-                    raise StoreError(f"{os.path.join(self.path, name)}: chunk {k} (tokens "
+                    raise StoreError(f"{self.array_location(name)}: chunk {k} (tokens "
                                      f"{k * chunk}..{min((k + 1) * chunk, self.num_tokens)}) "
                                      "does not match its checksum in the manifest: the store "
                                      "changed after it was written")
         return len(picks)
+
+    def doc_lengths(self) -> np.ndarray:
+        return np.diff(np.asarray(self.offsets))
+
+    def document(self, index: int) -> np.ndarray:
+        return self.read_range("tokens", int(self.offsets[index]), int(self.offsets[index + 1]))
+
+    def compute_fingerprint(self, chunk: int = 1 << 24) -> str:
+        """The sha256 the writers record (same definition for every format)."""
+        h = hashlib.sha256(f"{FORMAT_VERSION}:{TOKENIZER_ID}".encode())
+        for start in range(0, self.num_tokens, chunk):
+            end = min(start + chunk, self.num_tokens)
+            h.update(np.ascontiguousarray(self.read_range("tokens", start, end), "<u4").tobytes())
+        h.update(np.asarray(self.offsets).astype("<i8").tobytes())
+        if self.has_loss_mask:
+            mh = hashlib.sha256()
+            for start in range(0, self.num_tokens, chunk):
+                end = min(start + chunk, self.num_tokens)
+                mh.update(np.asarray(self.read_range("loss_mask", start, end)).tobytes())
+            h.update(mh.digest())
+        return h.hexdigest()
+
+
+class TokenStore(StoreReader):
+    """Read-only view of a memory-mapped store: tokens, offsets and optional loss mask."""
+
+    _FILES = {"tokens": TOKENS, "loss_mask": LOSS_MASK, "offsets": OFFSETS}
+
+    def __init__(self, path: str, *, verify: bool = False, vocab_size: int | None = None,
+                 manifest: Manifest | None = None):
+        """Opens (memory-maps) the store at `path`. verify: recompute the whole fingerprint.
+        vocab_size: refuse a store holding token ids >= vocab_size (StoreError naming it)."""
+        m = manifest or Manifest.from_file(os.path.join(path, MANIFEST))
+        self._check_manifest(path, m)
+        if m.format != "mmap":
+            raise StoreError(f"{path}: a {m.format} store; open it with "
+                             "phi4_jax.data.store.open_store")
+        self.tokens = self._map(TOKENS, np.dtype("<u4"), m.num_tokens)
+        self.loss_mask = self._map(LOSS_MASK, np.dtype(np.uint8), m.num_tokens) \
+            if m.has_loss_mask else None
+        offsets_path = os.path.join(path, OFFSETS)
+        try:
+            self.offsets = np.load(offsets_path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{offsets_path}: unreadable ({e})") from e
+        self._check_offsets(offsets_path)
+        self._finish_open(verify, vocab_size)
+
+    def array_location(self, array: str) -> str:
+        return os.path.join(self.path, self._FILES[array])
+
+    def read_range(self, array: str, begin: int, end: int) -> np.ndarray:
+        data = self.tokens if array == "tokens" else self.loss_mask
+        return np.asarray(data[begin:end])
+
+    def read_spans(self, begin: np.ndarray, end: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        lengths = np.asarray(end, np.int64) - begin
+        index = np.repeat(np.asarray(begin, np.int64), lengths) + _ramp(lengths)
+        return self.tokens[index], (self.loss_mask[index] if self.loss_mask is not None
+                                    else None)
 
     def _map(self, name: str, dtype: np.dtype, count: int) -> np.ndarray:
         file = os.path.join(self.path, name)
@@ -325,21 +518,3 @@ class TokenStore:
         if count == 0:
             return np.zeros(0, dtype)
         return np.memmap(file, dtype=dtype, mode="r", shape=(count,))
-
-    def doc_lengths(self) -> np.ndarray:
-        return np.diff(np.asarray(self.offsets))
-
-    def document(self, index: int) -> np.ndarray:
-        return np.asarray(self.tokens[self.offsets[index]:self.offsets[index + 1]])
-
-    def compute_fingerprint(self, chunk: int = 1 << 24) -> str:
-        h = hashlib.sha256(f"{FORMAT_VERSION}:{TOKENIZER_ID}".encode())
-        for start in range(0, self.num_tokens, chunk):
-            h.update(np.asarray(self.tokens[start:start + chunk]).tobytes())
-        h.update(np.asarray(self.offsets).astype("<i8").tobytes())
-        if self.loss_mask is not None:
-            mh = hashlib.sha256()
-            for start in range(0, self.num_tokens, chunk):
-                mh.update(np.asarray(self.loss_mask[start:start + chunk]).tobytes())
-            h.update(mh.digest())
-        return h.hexdigest()
