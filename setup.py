@@ -54,9 +54,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["phi4_jax", "phi4_jax.*", "experiments", "launch",
-                                    "data_mixtures"]),
+                                    "data_mixtures", "workflows"]),
     # The CPU decode kernel's source is compiled on first use (phi4_jax/inference/kernels).
-    package_data={"phi4_jax.inference.kernels": ["*.cc"]},
+    package_data={"phi4_jax.inference.kernels": ["*.cc"],
+                  "workflows": ["templates/*", "data/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     license="Apache-2.0",

@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "convert": {"cli", "io", "model"},
     "inference": {"cli", "io", "model", "sharding"},
     "data": {"cli", "io", "phi4_jax.runs"},  # prepare's main writes its run record
-    "synth": {"cli", "io"},
+    "synth": {"cli", "io", "phi4_jax.runs"},  # synth.run's main writes its run record
     "posttrain": {"phi4_jax", "cli", "convert", "data", "inference", "io", "model", "runs",
                   "sharding", "synth"},
     "runs": {"cli", "io"},  # reads store manifests as JSON; the launcher resolves mixtures
