@@ -34,7 +34,8 @@ class Rollout:
 
 @runtime_checkable
 class Sampler(Protocol):
-    """What the data tools need from a policy model and its tokenizer."""
+    """What the data tools need from a policy model and its tokenizer (a sampler may also
+    have `settings() -> dict`, the JSON of what shapes its rollouts: `ModelSampler` has)."""
 
     tokenizer_name: str
 
@@ -114,6 +115,17 @@ class ModelSampler:
         self.stop_tokens = tuple(stop_tokens) if stop_tokens is not None else (
             (eos,) if eos is not None else ())
         self.tokenizer_name = tokenizer_name or type(tokenizer).__name__
+        self.weight_dtype = weight_dtype
+
+    def settings(self) -> dict[str, Any]:
+        """What shapes the rollouts besides the model and the prefixes (JSON): PTS's output
+        directory records it and refuses to continue under other settings. batch_rows is left
+        out: it changes how rows are batched, not what they are."""
+        sampling = (dataclasses.asdict(self.sampling) if dataclasses.is_dataclass(self.sampling)
+                    else repr(self.sampling))
+        return {"max_new_tokens": self.max_new_tokens, "sampling": sampling,
+                "stop_tokens": [int(t) for t in self.stop_tokens], "seed": self.seed,
+                "weight_dtype": self.weight_dtype}
 
     def sample(self, prefixes: Sequence[Sequence[int]], n: int) -> list[list[Rollout]]:
         import jax

@@ -2,7 +2,8 @@
 
   search   the algorithm: `PTSConfig`, `Problem`, `search_batch`, `false_pivot_probability`
   oracles  success checks it asks: `Question`, `MathOracle`, `CodeOracle`, `ChoiceOracle`
-  cli      the resumable runner, `python -m phi4_jax.posttrain.pts` (alias: `...posttrain.pts_cli`)
+  workflow the search as a `phi4_jax.synth` workflow: shards, markers, rejects, resume
+  cli      the runner, `python -m phi4_jax.posttrain.pts` (alias: `...posttrain.pts_cli`)
 
 The policy is reached through `phi4_jax.posttrain.sampler.Sampler`; records are
 `phi4_jax.posttrain.records` pairs and pivots.

@@ -5,36 +5,37 @@
 
 (`python -m phi4_jax.posttrain.pts_cli` is the same command; the hyphenated flag spellings
 of earlier releases, e.g. `--n-samples`, still work.)
-Writes to --out: `pivots.jsonl` and `pairs.jsonl` (schemas in `phi4_jax.posttrain.records`),
-`state.jsonl` (one line per finished question: p, searched, counts) and `config.json`. A
-rerun skips the questions in `state.jsonl`, drops records of a question that was cut off
-mid-write, and refuses to continue under a different search configuration. Before searching it
-prints the false-pivot probability for the configured N and p_gap.
+Runs as a `phi4_jax.synth` workflow (`pts.workflow`: one stage, `search`, over shards of
+--shard_size questions). Writes to --out: `pivots.jsonl` and `pairs.jsonl` (schemas in
+`phi4_jax.posttrain.records`), `config.json`, and the engine's files (`source/`,
+`stages/search/` with per-question results, rejects, markers and report.txt, `manifest.json`).
+A rerun, after a kill -9 at any point, skips finished shards and writes the same bytes as an
+uninterrupted run; it refuses to continue under a different search configuration. Before
+searching it prints the false-pivot probability for the configured N and p_gap.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from phi4_jax import cli, runs
-from phi4_jax.io import atomic_write_json, atomic_write_text
 from phi4_jax.io.jsonl import read_objects
 from phi4_jax.posttrain.pts.oracles import ORACLES, Oracle, Question, oracle_for
-from phi4_jax.posttrain.pts.search import (
-    Problem,
-    PTSConfig,
-    Stats,
-    false_pivot_probability,
-    search_batch,
+from phi4_jax.posttrain.pts.search import Problem, PTSConfig, false_pivot_probability
+from phi4_jax.posttrain.pts.workflow import (
+    STAGE,
+    OutputDirError,
+    check_output_dir,
+    results,
+    run_search,
+    search_config,
 )
-from phi4_jax.posttrain.records import JsonlWriter
+from phi4_jax.posttrain.records import parse_pair, parse_pivot, write_records
 from phi4_jax.posttrain.sampler import Sampler
 
 _ARITH = re.compile(r"^\s*(\d+)\s*([+*-])\s*(\d+)\s*$")
@@ -111,98 +112,40 @@ def build_problems(questions: Sequence[Question], sampler: Sampler,
     return out
 
 
-def _read_state(path: str) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                    done[row["question_id"]] = row
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line cut off by a crash: that question is redone
-    return done
-
-
-def _keep_only(path: str, done: set[str]) -> int:
-    """Rewrites a records file without lines of unfinished questions; returns lines dropped."""
-    if not os.path.exists(path):
-        return 0
-    kept, dropped = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-                qid = row.get("question_id") or row["meta"]["question_id"]
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                qid = None
-            if qid in done and line.endswith("\n"):
-                kept.append(line)
-            else:
-                dropped += 1
-    if dropped:
-        atomic_write_text(path, "".join(kept))
-    return dropped
-
-
 @dataclasses.dataclass
 class RunSummary:
+    """This run's work (a resumed run counts only what it searched)."""
+
     questions: int = 0
-    skipped: int = 0          # already done (resumed)
+    skipped: int = 0          # in shards an earlier run finished (resumed)
     searched: int = 0
     pivots: int = 0
     pairs: int = 0
     oracle_calls: int = 0
+    rejected: int = 0         # questions in the search stage's rejects (all runs)
     seconds: float = 0.0
 
 
 def run(problems: Sequence[Problem], sampler: Sampler, oracle: Oracle, config: PTSConfig,
-        out_dir: str, *, batch_questions: int = 4, progress: bool = True) -> RunSummary:
-    """Searches every problem not yet recorded in `out_dir/state.jsonl`; appends the records."""
-    os.makedirs(out_dir, exist_ok=True)
-    cfg_path = os.path.join(out_dir, "config.json")
-    cfg = dataclasses.asdict(config) | {"tokenizer": sampler.tokenizer_name}
-    if os.path.exists(cfg_path):
-        with open(cfg_path, encoding="utf-8") as f:
-            old = json.load(f)
-        if old != cfg:
-            raise ValueError(f"{cfg_path}: this run's configuration {cfg} differs from the one "
-                             f"the directory was started with {old}; use a new --out")
-    else:
-        atomic_write_json(cfg_path, cfg, indent=1)
-    paths = {k: os.path.join(out_dir, f"{k}.jsonl") for k in ("pivots", "pairs", "state")}
-    done = _read_state(paths["state"])
-    for k in ("pivots", "pairs"):
-        _keep_only(paths[k], set(done))
-    todo = [p for p in problems if p.question.id not in done]
-    summary = RunSummary(questions=len(problems), skipped=len(problems) - len(todo))
-    stats, start = Stats(), time.time()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(problems), initial=summary.skipped, unit="q", desc="PTS",
-               disable=not progress, dynamic_ncols=True)
-    with JsonlWriter(paths["pivots"]) as pivots, JsonlWriter(paths["pairs"]) as pairs, \
-            JsonlWriter(paths["state"]) as state:
-        for i in range(0, len(todo), batch_questions):
-            batch = todo[i:i + batch_questions]
-            results = search_batch(batch, sampler, oracle, config, stats)
-            for r in results:  # records first, then the state line that marks them complete
-                pivots.write(r.pivots)
-                pairs.write(r.pairs)
-                state.write([{"question_id": r.question_id, "p": r.p, "searched": r.searched,
-                              "solutions": r.solutions, "pivots": len(r.pivots),
-                              "pairs": len(r.pairs),
-                              "oracle_calls": stats.per_question.get(r.question_id, 0),
-                              "error": r.error}])
-                summary.searched += r.searched
-                summary.pivots += len(r.pivots)
-                summary.pairs += len(r.pairs)
-            bar.update(len(batch))
-            bar.set_postfix(pivots=summary.pivots, pairs=summary.pairs,
-                            calls=stats.oracle_calls)
-    bar.close()
-    summary.oracle_calls, summary.seconds = stats.oracle_calls, time.time() - start
-    return summary
+        out_dir: str, *, batch_questions: int = 4, shard_size: int = 16,
+        progress: bool = True) -> RunSummary:
+    """Searches every problem whose shard is not done yet (the `phi4_jax.synth` workflow of
+    `pts.workflow`), then writes OUT/pivots.jsonl and OUT/pairs.jsonl whole from the shards."""
+    start = time.time()
+    result, searcher = run_search(problems, sampler, oracle, config, out_dir,
+                                  batch_questions=batch_questions, shard_size=shard_size,
+                                  progress=progress)
+    rows = list(results(out_dir))  # in the documented line format (records.py), validated:
+    write_records(os.path.join(out_dir, "pivots.jsonl"),
+                  [parse_pivot(p) for r in rows for p in r["pivots"]])
+    write_records(os.path.join(out_dir, "pairs.jsonl"),
+                  [parse_pair(p) for r in rows for p in r["pairs"]])
+    return RunSummary(questions=len(problems),
+                      skipped=len(problems) - result.stats[STAGE]["records_processed"],
+                      searched=searcher.searched, pivots=searcher.pivots, pairs=searcher.pairs,
+                      oracle_calls=searcher.stats.oracle_calls,
+                      rejected=result.manifest["stages"][STAGE]["rejects"],
+                      seconds=time.time() - start)
 
 
 def false_pivot_report(n: int, p_gap: float) -> str:
@@ -251,6 +194,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap.add_argument(*cli.flag_names("batch_rows"), type=int, default=64,
                     help="rows per generate call")
     ap.add_argument("--seed", type=int, default=0, help="rollout sampling seed")
+    ap.add_argument("--shard_size", type=int, default=16,
+                    help="questions per shard: the unit a killed run redoes")
     return ap
 
 
@@ -260,6 +205,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> RunSummary:
     if args.questions and not os.path.isfile(args.questions):
         raise cli.UsageError(f"--questions {args.questions}: " + (
             "not a regular file" if os.path.exists(args.questions) else "no such file"))
+    if args.shard_size < 1:
+        raise cli.UsageError(f"--shard_size {args.shard_size}: must be >= 1")
     config = PTSConfig(n_samples=args.n_samples, p_gap=args.p_gap, p_min=args.p_min,
                        p_max=args.p_max, split=args.split, solutions_per_question=args.solutions)
     print(false_pivot_report(config.n_samples, config.p_gap), flush=True)
@@ -287,12 +234,19 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> RunSummary:
     if args.stop_newline:  # "\n" and "\n\n" are distinct tokens in byte-level BPE vocabularies
         stops += [ids[0] for ids in map(tokenizer.encode, ("\n", "\n\n")) if len(ids) == 1]
     sampler = ModelSampler(
-        phi4_jax.load_gguf(path, dtype="float32"), tokenizer,
+        None, tokenizer,
         max_new_tokens=args.max_new_tokens, stop_tokens=stops, batch_rows=args.batch_rows,
         sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p),
         seed=args.seed, tokenizer_name=os.path.basename(path))
+    with cli.user_errors_from(OutputDirError):  # refused before the model is loaded
+        check_output_dir(args.out, search_config(config, sampler))
+    sampler.model = phi4_jax.load_gguf(path, dtype="float32")
     problems = build_problems(questions, sampler, args.system or None)
-    summary = run(problems, sampler, oracle_for(kinds.pop() if kinds else "math"), config,
-                  args.out, batch_questions=args.batch_questions)
+    with cli.user_errors_from(OutputDirError):
+        summary = run(problems, sampler, oracle_for(kinds.pop() if kinds else "math"), config,
+                      args.out, batch_questions=args.batch_questions,
+                      shard_size=args.shard_size)
+    with open(os.path.join(args.out, "stages", STAGE, "report.txt"), encoding="utf-8") as f:
+        print(f.read(), end="")
     print(f"done: {summary}")
     return summary

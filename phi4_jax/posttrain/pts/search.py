@@ -1,7 +1,9 @@
 """Pivotal Token Search (Phi-4 report, section 4.3): tokens that swing p(success) by >= p_gap.
 
 For a question Q with an oracle, p(success | prefix) is estimated by sampling `n_samples`
-completions from the prefix and checking them (memoized per prefix). Questions with
+completions from the prefix and checking them (memoized per question and prefix: a question's
+estimates never depend on which other questions share its batch, so a resumed run that batches
+questions differently finds the same pivots). Questions with
 p_min <= p(Q) <= p_max are searched: a full solution T is taken from the rollouts at Q, and
 
     Subdivide(prefix, T): stop if |T| <= 1 or |p(prefix) - p(prefix + T)| < p_gap;
@@ -88,61 +90,70 @@ class Stats:
         self.per_question[question_id] = self.per_question.get(question_id, 0) + calls
 
 
+Key = tuple[str, tuple[int, ...]]  # (question id, prefix ids): what the memo is keyed by
+
+
+def memo_key(problem: Problem, prefix: tuple[int, ...]) -> Key:
+    return problem.question.id, prefix
+
+
 class Estimator:
-    """Memoized, batched p(success | prefix) by sampling and oracle checks."""
+    """Memoized (per question and prefix), batched p(success | prefix) by sampling and oracle
+    checks."""
 
     def __init__(self, sampler: Sampler, oracle: Oracle, n_samples: int,
                  stats: Stats | None = None):
         self.sampler, self.oracle, self.n = sampler, oracle, n_samples
         self.stats = stats if stats is not None else Stats()
-        self.memo: dict[tuple[int, ...], Estimate] = {}
+        self.memo: dict[Key, Estimate] = {}
         self.errors: dict[str, str] = {}  # question id -> why its oracle refused it
 
     def estimate(self, requests: Sequence[tuple[Problem, tuple[int, ...]]]) -> None:
         """Fills the memo for every (problem, prefix) not estimated yet, in one sampler call."""
-        todo: dict[tuple[int, ...], Problem] = {}
+        todo: dict[Key, Problem] = {}
         for problem, prefix in requests:
-            if prefix not in self.memo:
-                todo.setdefault(prefix, problem)
+            if memo_key(problem, prefix) not in self.memo:
+                todo.setdefault(memo_key(problem, prefix), problem)
         if not todo:
             return
-        prefixes = list(todo)
+        keys = list(todo)
+        prefixes = [prefix for _, prefix in keys]
         rollouts = self.sampler.sample(prefixes, self.n)
         items: list[tuple[int, int, str]] = []  # (prefix index, rollout index, reply text)
         groups: dict[str, list[int]] = {}       # question id -> indices into items
-        for i, (prefix, rows) in enumerate(zip(prefixes, rollouts)):
-            problem = todo[prefix]
+        for i, (k, rows) in enumerate(zip(keys, rollouts)):
+            problem, prefix = todo[k], k[1]
             reply = list(prefix[problem.reply_start:])
             for j, r in enumerate(rows):
                 groups.setdefault(problem.question.id, []).append(len(items))
                 items.append((i, j, self.sampler.decode(reply + list(r.tokens))))
         verdicts = [[False] * len(rows) for rows in rollouts]
         for ks in groups.values():
-            question = todo[prefixes[items[ks[0]][0]]].question
+            question = todo[keys[items[ks[0]][0]]].question
             try:
-                checked = self.oracle.check(question, [items[k][2] for k in ks])
+                checked = self.oracle.check(question, [items[x][2] for x in ks])
             except ValueError as e:  # the question is unusable (e.g. unparsable gold answer)
                 self.errors[question.id] = f"{type(e).__name__}: {e}"
                 checked = [False] * len(ks)
             if len(checked) != len(ks):
                 raise RuntimeError(f"oracle returned {len(checked)} verdicts for {len(ks)} "
                                    f"completions of question {question.id}")
-            for k, ok in zip(ks, checked):
-                verdicts[items[k][0]][items[k][1]] = bool(ok)
+            for x, ok in zip(ks, checked):
+                verdicts[items[x][0]][items[x][1]] = bool(ok)
             self.stats.count(question.id, len(ks))
-        for prefix, rows, ok in zip(prefixes, rollouts, verdicts):
+        for k, rows, ok in zip(keys, rollouts, verdicts):
             first: dict[int, list[int]] = {}
             for r, s in zip(rows, ok):
                 if r.tokens:
                     stat = first.setdefault(r.tokens[0], [0, 0])
                     stat[0] += int(s)
                     stat[1] += 1
-            self.memo[prefix] = Estimate(sum(ok) / len(ok), len(ok), rows, ok, first)
+            self.memo[k] = Estimate(sum(ok) / len(ok), len(ok), rows, ok, first)
             self.stats.rows_sampled += len(ok)
         self.stats.prefix_evals += len(prefixes)
 
-    def p(self, prefix: tuple[int, ...]) -> float:
-        return self.memo[prefix].p
+    def p(self, k: Key) -> float:
+        return self.memo[k].p
 
 
 def split_point(logprobs: Sequence[float], a: int, b: int, rule: str) -> int:
@@ -173,6 +184,9 @@ class SolutionSearch:
     def prefix(self, i: int) -> tuple[int, ...]:
         return self.problem.prompt_ids + self.solution.tokens[:i]
 
+    def key(self, i: int) -> Key:
+        return memo_key(self.problem, self.prefix(i))
+
 
 def subdivide(searches: Sequence[SolutionSearch], est: Estimator, config: PTSConfig) -> None:
     """Breadth-first Subdivide over all searches; fills `search.pivots` (position, p0, p1).
@@ -182,7 +196,7 @@ def subdivide(searches: Sequence[SolutionSearch], est: Estimator, config: PTSCon
     while frontier:
         splits = []
         for s, a, b in frontier:
-            p_a, p_b = est.p(s.prefix(a)), est.p(s.prefix(b))
+            p_a, p_b = est.p(s.key(a)), est.p(s.key(b))
             if abs(p_b - p_a) < config.p_gap - _EPS:
                 continue
             if b - a == 1:
@@ -248,9 +262,9 @@ def search_solutions(est: Estimator, jobs: Sequence[tuple[Problem, Rollout, int]
     est.estimate([(problem, problem.prompt_ids) for problem, _, _ in jobs])
     searches = [SolutionSearch(problem, solution, k) for problem, solution, k in jobs]
     for s in searches:
-        full = s.prefix(len(s.solution.tokens))
+        full = s.key(len(s.solution.tokens))
         if full not in est.memo:
-            reply = est.sampler.decode(list(full[s.problem.reply_start:]))
+            reply = est.sampler.decode(list(full[1][s.problem.reply_start:]))
             (ok,) = est.oracle.check(s.problem.question, [reply])
             est.stats.count(s.problem.question.id, 1)
             est.memo[full] = Estimate(float(ok), 1, [], [bool(ok)], {})
@@ -260,7 +274,10 @@ def search_solutions(est: Estimator, jobs: Sequence[tuple[Problem, Rollout, int]
 
 def search_batch(problems: Sequence[Problem], sampler: Sampler, oracle: Oracle,
                  config: PTSConfig, stats: Stats | None = None) -> list[QuestionResult]:
-    """Pivotal Token Search over a batch of problems (sampled together; memo per batch).
+    """Pivotal Token Search over a batch of problems (sampled together; memo per question).
+
+    Each question's result depends on that question alone (given a sampler whose rollouts are
+    keyed by prefix and index, as `ModelSampler`'s are), not on the rest of the batch.
 
     Estimates p(Q); for questions within [p_min, p_max] searches up to
     `solutions_per_question` completed rollouts at Q (first a failed one, then a successful
@@ -270,12 +287,12 @@ def search_batch(problems: Sequence[Problem], sampler: Sampler, oracle: Oracle,
     est.estimate([(pr, pr.prompt_ids) for pr in problems])
     jobs, results = [], []
     for pr in problems:
-        root = est.memo[pr.prompt_ids]
+        root = est.memo[memo_key(pr, pr.prompt_ids)]
         error = est.errors.get(pr.question.id)
         searched = error is None and config.p_min - _EPS <= root.p <= config.p_max + _EPS
         chosen = choose_solutions(root, config.solutions_per_question) if searched else []
         for k, j in enumerate(chosen):
-            full = pr.prompt_ids + root.rollouts[j].tokens
+            full = memo_key(pr, pr.prompt_ids + root.rollouts[j].tokens)
             ok = root.success[j]  # a completed rollout's p is its own verdict: no new check
             est.memo.setdefault(full, Estimate(float(ok), 1, [], [ok], {}))
             jobs.append((pr, root.rollouts[j], k))
@@ -291,7 +308,7 @@ def _records(s: SolutionSearch, est: Estimator, config: PTSConfig, tokenizer: st
     qid = s.problem.question.id
     n_tokens = len(s.solution.tokens)
     out.solutions.append({"index": s.index, "tokens": n_tokens, "pivots": len(s.pivots),
-                          "correct": est.p(s.prefix(n_tokens)) == 1.0})
+                          "correct": est.p(s.key(n_tokens)) == 1.0})
     seen = {(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in out.pairs}
     seen_pivots = {(p.prefix_ids, p.token_id) for p in out.pivots}
     for pos, p0, p1 in s.pivots:
@@ -304,7 +321,7 @@ def _records(s: SolutionSearch, est: Estimator, config: PTSConfig, tokenizer: st
                 out.solutions[-1]["correct"], "reply_start": s.problem.reply_start}
         out.pivots.append(Pivot(pid, qid, prefix, token, p0, p1, pos, config.n_samples,
                                 tokenizer, meta))
-        for chosen, rejected, q, count in pivot_pairs(est.memo[prefix], token, p0, p1,
+        for chosen, rejected, q, count in pivot_pairs(est.memo[s.key(pos)], token, p0, p1,
                                                       config.pairs_per_pivot):
             key = (prefix, (chosen,), (rejected,))
             if key in seen:

@@ -20,7 +20,9 @@ ARGS = ["--arithmetic", "40+32,4*15", "--n-samples", "16", "--p-gap", "0.2",
 @pytest.mark.hf
 def test_smollm2_arithmetic_pts_end_to_end(tmp_path, capsys):
     pytest.importorskip("gguf")
+    from phi4_jax import cli
     from phi4_jax.convert.gguf import GGUFTokenizer, smollm2_path
+    from phi4_jax.posttrain.pts.workflow import results
     from phi4_jax.posttrain.pts_cli import arithmetic_questions, build_problems, main
     from phi4_jax.posttrain.records import read_pairs, read_records
     from phi4_jax.posttrain.sampler import ModelSampler
@@ -56,10 +58,20 @@ def test_smollm2_arithmetic_pts_end_to_end(tmp_path, capsys):
         assert (pair.chosen_ids[0] == pivot.token_id) == raises
         alt_p = pair.meta["alt_p"]
         assert (alt_p < pivot.p_before) if raises else (alt_p > pivot.p_before)
-    with open(tmp_path / "state.jsonl") as f:
-        state = [json.loads(line) for line in f]
-    assert [s["question_id"] for s in state] == ["arith/40+32", "arith/4*15"]
+    state = list(results(str(tmp_path)))  # the search stage's per-question records
+    assert [s["id"] for s in state] == ["arith/40+32", "arith/4*15"]
     assert sum(s["oracle_calls"] for s in state) == summary.oracle_calls
+    assert "stage search: 2 records kept, 0 rejected" in printed
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["stages"]["search"]["records"] == 2
+    assert json.loads((tmp_path / "config.json").read_text())["sampler"]["max_new_tokens"] == 6
+    # a finished rerun searches nothing and rewrites the same bytes
+    before = {n: (tmp_path / n).read_bytes() for n in ("pivots.jsonl", "pairs.jsonl")}
+    again = main(["--out", str(tmp_path), *ARGS])
+    assert (again.skipped, again.searched, again.oracle_calls) == (2, 0, 0)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    with pytest.raises(cli.UsageError, match="differs from the one"):  # before loading
+        main(["--out", str(tmp_path), *ARGS, "--temperature", "0.7"])
     print(f"\nSmolLM2 PTS: {summary}")
     for p in pivots:
         reply = tokenizer.decode(list(p.prefix_ids[p.meta["reply_start"]:]))
