@@ -36,6 +36,10 @@ ALLOWED: dict[str, set[str]] = {
     "runs": {"cli", "io"},  # reads store manifests as JSON; the launcher resolves mixtures
     "serve": {"cli", "convert", "data", "inference", "io", "model", "sharding", "train"},
     "train": {"cli", "data", "io", "model", "runs", "sharding", "phi4_jax.posttrain.records"},
+    # the harness: scoring and sampling, --model loading, the sandbox and LLM client, token
+    # stores, and the refusal workflow's reply grader (shared with SimpleQA's rule grader)
+    "eval": {"cli", "data", "inference", "io", "serve", "synth",
+             "phi4_jax.posttrain.refusal.seeds"},
 }
 
 

@@ -37,6 +37,23 @@ def smollm2():
     return load(path, name="smollm2")
 
 
+def write_hf_dir(served, path) -> str:
+    """A GGUF-loaded model written as a Hugging Face directory (safetensors, config.json,
+    tokenizer.json + tokenizer_config.json) that `load_hf`, transformers and lm-eval all read."""
+    import json
+    import os
+
+    import phi4_jax
+
+    path = str(path)
+    phi4_jax.save_hf(served.model, path, architecture="LlamaForCausalLM")
+    served.codec._tok._tok.save(os.path.join(path, "tokenizer.json"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"chat_template": served.codec.chat_template, "eos_token": "<|im_end|>",
+                   "bos_token": "<|im_start|>"}, f)
+    return path
+
+
 @contextlib.contextmanager
 def serve(served, **settings):
     """Runs the app in a uvicorn thread; yields its base URL ("http://127.0.0.1:PORT")."""

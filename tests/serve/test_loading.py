@@ -4,8 +4,6 @@ it; a work dir serves its newest checkpoint or --step."""
 
 from __future__ import annotations
 
-import json
-
 import jax
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from flax import nnx
 from phi4_jax.cli import UsageError
 from phi4_jax.serve.codecs import HFCodec, Phi4Codec
 from phi4_jax.serve.loading import kind_of, load
+from tests.serve.conftest import write_hf_dir
 
 pytestmark = pytest.mark.slow
 
@@ -21,15 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def hf_dir(smollm2, tmp_path_factory):
     """SmolLM2 written as a Hugging Face directory: safetensors + tokenizer files."""
-    import phi4_jax
-
-    path = tmp_path_factory.mktemp("smollm2_hf")
-    phi4_jax.save_hf(smollm2.model, str(path), architecture="LlamaForCausalLM")
-    smollm2.codec._tok._tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "chat_template": smollm2.codec.chat_template, "eos_token": "<|im_end|>",
-        "bos_token": "<|im_start|>"}))
-    return str(path)
+    return write_hf_dir(smollm2, tmp_path_factory.mktemp("smollm2_hf"))
 
 
 def test_a_hugging_face_directory_brings_its_tokenizer_and_template(smollm2, hf_dir):
