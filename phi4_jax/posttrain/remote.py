@@ -1,19 +1,19 @@
-"""Models behind an OpenAI-compatible server, and Phi-4 token ids for the text they return.
+"""The judge and refusal jobs' plumbing: their flags, their workflow run, Phi-4 token ids.
 
-The judge and refusal command lines talk to any OpenAI-compatible chat server (OpenAI, vLLM,
-SGLang, llama.cpp's server, ...) through the `openai` client, whose own retries cover
-408/409/429/5xx and connection errors (honouring Retry-After):
-
-    model = ChatModel.connect("phi-4", base_url="http://localhost:8000/v1",
-                              api_key_env="OPENAI_API_KEY")
-    replies = model.sample([{"role": "user", "content": "Hi"}], n=4, temperature=1.0)
+Both jobs are workflows on the data-workflow engine (`phi4_jax.synth`, docs/synth.md): their
+requests go through its client (bounded concurrency, retries with backoff, a content-addressed
+cache) to any OpenAI-compatible server (OpenAI, vLLM, SGLang, `phi4_jax.serve`, ...), and their
+work is kept in engine shards under OUTPUT/workflow/, so a killed run resumes and a finished
+one reruns with zero requests.
 
 `add_server_flags` declares a server's flags (`--base_url`, `--model`, `--api_key_env`; with a
 prefix, e.g. `--teacher_base_url`); the key is read from the environment variable the flag
 names and is never printed or written. `add_request_flags` declares those of a command that
 sends many requests and writes pairs (`--max_workers`, `--max_retries`, `--timeout`,
-`--tokenizer_name`, `--quiet`), and `start_command` parses such a command line (its --input a
-regular file) and writes its job record. `Phi4Text` turns prompts and replies into the Phi-4
+`--tokenizer_name`, `--quiet`, and the engine's `--runner`, `--cache`, `--shard_size`);
+`start_command` parses such a command line (its --input a regular file; unknown flags go to a
+Beam runner) and writes its job record; `model_config` and `run_job` make and run the workflow;
+`rejects` reads what its stages rejected. `Phi4Text` turns prompts and replies into the Phi-4
 ChatML token ids a pair is written in (`phi4_jax.data.chat`): the text a server returns is
 encoded again, so a pair's ids are those of its text, not necessarily the ids the server's
 model sampled.
@@ -22,75 +22,16 @@ model sampled.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from phi4_jax import cli, runs
+from phi4_jax import cli, runs, synth
+from phi4_jax.synth import shards
 
-
-class ServerError(RuntimeError):
-    """The server did not answer (after the client's own transport-level retries)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Reply:
-    """One chat completion: its text, and whether the model ended it (finish_reason 'stop')."""
-
-    text: str
-    finished: bool
-
-
-def api_key(env: str | None) -> str:
-    """The key in environment variable `env`; 'unused' when unset (local servers need none)."""
-    return (os.environ.get(env) if env else None) or "unused"
-
-
-class ChatModel:
-    """A model name on an OpenAI-compatible server; `client` is an `openai.OpenAI`."""
-
-    def __init__(self, client: Any, model: str, *, max_tokens: int = 1024):
-        self.client, self.name, self.max_tokens = client, model, max_tokens
-
-    @classmethod
-    def connect(cls, model: str, *, base_url: str | None = None, api_key_env: str | None = None,
-                max_retries: int = 3, timeout: float = 120.0, max_tokens: int = 1024
-                ) -> ChatModel:
-        import openai
-
-        client = openai.OpenAI(base_url=base_url, api_key=api_key(api_key_env),
-                               max_retries=max_retries, timeout=timeout)
-        return cls(client, model, max_tokens=max_tokens)
-
-    def complete(self, messages: Sequence[dict[str, str]], *, n: int = 1,
-                 temperature: float = 0.0, max_tokens: int | None = None,
-                 **kwargs: Any) -> list[Reply]:
-        """Up to `n` replies of one request (a server may return fewer); `ServerError` if the
-        server cannot be reached or answers with an error."""
-        import openai
-
-        try:
-            out = self.client.chat.completions.create(
-                model=self.name, messages=list(messages), temperature=temperature,
-                max_tokens=max_tokens or self.max_tokens, **({"n": n} if n != 1 else {}),
-                **kwargs)
-        except openai.APIError as e:
-            raise ServerError(f"{type(e).__name__}: {e}") from e
-        return [Reply(c.message.content or "", c.finish_reason == "stop")
-                for c in (out.choices or [])]
-
-    def sample(self, messages: Sequence[dict[str, str]], n: int, *, temperature: float = 1.0,
-               max_tokens: int | None = None) -> list[Reply]:
-        """Exactly `n` sampled replies: one request for all of them, then one per missing reply
-        (for servers that ignore `n`)."""
-        replies = self.complete(messages, n=n, temperature=temperature, max_tokens=max_tokens)
-        while len(replies) < n:
-            more = self.complete(messages, temperature=temperature, max_tokens=max_tokens)
-            if not more:
-                raise ServerError(f"{self.name}: a reply without choices")
-            replies += more
-        return replies[:n]
+ENGINE_DIR = "workflow"  # OUTPUT/workflow: the engine's shards, markers, manifest and cache
 
 
 def add_server_flags(parser: argparse.ArgumentParser, prefix: str = "", *, what: str,
@@ -119,25 +60,70 @@ def add_request_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer_name", default="phi4",
                         help="the pairs' tokenizer field (match the other dpo.pairs files)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--runner", default="inprocess",
+                        help="inprocess, or an Apache Beam runner (FnApiRunner, DataflowRunner, "
+                             "...); unknown flags go to Beam (docs/synth.md)")
+    parser.add_argument("--cache", default=None,
+                        help="request cache file, to share one across jobs (default "
+                             f"OUTPUT/{ENGINE_DIR}/cache.sqlite)")
+    parser.add_argument("--shard_size", type=int, default=64,
+                        help="input records per engine shard (the unit of resume)")
 
 
 def start_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None, prog: str
-                  ) -> argparse.Namespace:
-    """The flags of a judge or refusal command line, once its --input is known to be a regular
-    file (else a one-line user error) and its job record is written in --output."""
-    args = parser.parse_args(argv)
+                  ) -> tuple[argparse.Namespace, list[str]]:
+    """The flags of a judge or refusal command line and its Beam flags, once its --input is
+    known to be a regular file (else a one-line user error) and its job record is written."""
+    args, beam_args = parser.parse_known_args(cli.strip_debug(
+        list(sys.argv[1:] if argv is None else argv)))
+    if beam_args and args.runner == "inprocess":
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if not os.path.isfile(args.input):
         raise cli.UsageError(f"--input {args.input}: " + (
             "not a regular file" if os.path.exists(args.input) else "no such file"))
     runs.write_job_record(args.output, job=prog, argv=argv, config=vars(args),
                           inputs=[args.input])
-    return args
+    return args, beam_args
+
+
+def model_config(model: str, *, base_url: str | None, api_key_env: str | None,
+                 args: argparse.Namespace) -> synth.ModelConfig:
+    """The engine's model config from the request flags. An unset key variable sends no key
+    (local servers need none); no server revision is asked (none of ours reports one)."""
+    env = api_key_env if api_key_env and os.environ.get(api_key_env) else None
+    return synth.ModelConfig(model=model, base_url=base_url, api_key_env=env, revision=None,
+                             concurrency=args.max_workers, timeout_s=args.timeout,
+                             max_retries=args.max_retries)
+
+
+def run_job(workflow: synth.Workflow, args: argparse.Namespace, beam_args: Sequence[str]
+            ) -> synth.RunResult:
+    """Runs (or resumes) the job's workflow in OUTPUT/workflow."""
+    return synth.run_workflow(workflow, os.path.join(args.output, ENGINE_DIR),
+                              runner=args.runner, beam_args=beam_args, progress=not args.quiet)
+
+
+def rejects(result: synth.RunResult, stage: str | None) -> Iterator[dict[str, Any]]:
+    """The rejects of a finished stage (None: the source), in shard order."""
+    if stage is None:
+        yield from shards.read_shard(os.path.join(shards.source_dir(result.output),
+                                                  "rejects.jsonl"))
+        return
+    for index in range(result.num_shards):
+        yield from shards.read_shard(shards.shard_file(result.output, stage, index,
+                                                       ".rejects.jsonl"))
+
+
+@functools.lru_cache(maxsize=4)
+def phi4_text(tokenizer_name: str = "phi4") -> Phi4Text:
+    """One `Phi4Text` per process (stage functions tokenize many records)."""
+    return Phi4Text(tokenizer_name)
 
 
 class Phi4Text:
     """Phi-4 token ids of chat prompts and replies (tiktoken "phi4" encoding, ChatML).
 
-    `render(messages)` ends where the assistant's reply begins; `reply_ids(reply)` appends
+    `render(messages)` ends where the assistant's reply begins; `reply_ids(text, finished)` appends
     `<|im_end|>` when the reply is complete, so a trained pair also teaches the model to stop.
     `tokenizer_name` is what pairs record in their `tokenizer` field.
     """
@@ -162,5 +148,6 @@ class Phi4Text:
         ids, _ = chat.render(list(messages), encoding=self.encoding, add_generation_prompt=True)
         return [int(i) for i in ids]
 
-    def reply_ids(self, reply: Reply) -> tuple[int, ...]:
-        return tuple(self.encode(reply.text)) + (self.end_ids if reply.finished else ())
+    def reply_ids(self, text: str, finished: bool) -> tuple[int, ...]:
+        """The ids of a reply's text, then <|im_end|> if the model ended it (not cut)."""
+        return tuple(self.encode(text)) + (self.end_ids if finished else ())

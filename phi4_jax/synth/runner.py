@@ -94,6 +94,8 @@ def plan(workflow: Workflow, output: str) -> Plan:
 
 
 def make_clients(p: Plan) -> dict[str, LLMClient]:
+    if not p.workflow.models:  # stages that ask no server (PTS): no cache file is made
+        return {}
     cache = ResponseCache(p.cache_path)
     return {name: LLMClient(m, cache=cache, revision=p.revisions[name])
             for name, m in p.workflow.models.items()}
@@ -119,10 +121,11 @@ async def _one(stage: Stage, clients: Mapping[str, LLMClient], record: dict[str,
     """(outputs, (reason, detail) or None, transient) of one record (the function may change
     `record`: it was read for this call alone)."""
     rid, record_id = str(record[id_field]), record[id_field]
+    ctx = StageContext(stage, clients, rid)
     try:
-        out = await stage.fn(record, StageContext(stage, clients, rid))
+        out = await stage.fn(record, ctx)
         if out is None:
-            return [], None, False
+            return [], None, ctx.retry
         outs = [out] if isinstance(out, dict) else out
         if not isinstance(outs, list) or not all(isinstance(o, dict) for o in outs):
             raise TypeError(f"returned {type(out).__name__}, not a dict, a list of dicts "
@@ -132,7 +135,7 @@ async def _one(stage: Stage, clients: Mapping[str, LLMClient], record: dict[str,
                 for k, o in enumerate(outs)]
         for o in outs:
             canonical_json(o)  # JSON values only
-        return outs, None, False
+        return outs, None, ctx.retry
     except Reject as e:
         return [], (e.reason, e.detail), False
     except RequestError as e:
@@ -171,6 +174,7 @@ async def run_stage_shard(p: Plan, stage: Stage, index: int, clients: Mapping[st
             report.ok(where)
             out += outs
             dropped += not outs
+            transient += is_transient  # ctx.retry_later(): kept, and redone by the next run
             continue
         reason, detail = reject
         report.bad(where, reason, f"{where}:{line_no}", detail)

@@ -95,6 +95,13 @@ class StageContext:
         self.stage, self.clients, self.record_id = stage, clients, record_id
         self.params = stage.params
         self.templates = stage.templates
+        self.retry = False  # retry_later() was called
+
+    def retry_later(self) -> None:
+        """Keeps the record but marks its shard to be redone by the next run, as a
+        `request_failed` reject does: for a stage that catches a transient RequestError and
+        goes on without that reply (the next run asks it again, the rest from the cache)."""
+        self.retry = True
 
     def client(self, model: str | None = None) -> LLMClient:
         name = model or self.stage.model

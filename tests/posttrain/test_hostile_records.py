@@ -3,6 +3,7 @@ counted record with its file and line (or item), and the good ones are all kept.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import time
@@ -11,15 +12,15 @@ import pytest
 
 from phi4_jax.io import BadInputReport
 from phi4_jax.posttrain.judge import (
-    Candidate,
-    JudgeItem,
+    JUDGE_REASONS,
+    JUDGE_SYSTEM,
     JudgeParseError,
-    judge_all,
     parse_judgement,
 )
-from phi4_jax.posttrain.judge.backends import JUDGE_REASONS
+from phi4_jax.posttrain.judge.workflow import judged
 from phi4_jax.posttrain.pts.cli import load_questions
 from phi4_jax.posttrain.records import Pair, iter_records, read_pairs
+from phi4_jax.synth import Sample
 from tests.io.test_jsonl import HOSTILE
 from tests.posttrain.judge.test_judgement import good
 
@@ -79,41 +80,42 @@ def test_a_non_finite_or_hostile_score_is_a_parse_error(score):
         parse_judgement(reply)
 
 
-class ReplyBackend:
-    """A judge whose reply depends on the candidate text it reviews."""
+class ReplyContext:
+    """A stage context whose judge reply depends on the candidate text it reviews."""
 
-    name = "scripted"
+    params = {"attempts": 2, "max_tokens": 64, "json_mode": False}
+    templates = {"system": JUDGE_SYSTEM}
 
     def __init__(self, replies: dict[str, str]):
         self.replies = replies
 
-    def complete(self, messages):
+    async def chat(self, messages, **kwargs):
         reply = messages[1]["content"].split("## Reply to review\n")[1]
         if reply == "crash":
             raise KeyError("a bug in the backend")
-        return self.replies[reply]
+        return [Sample(self.replies[reply], "stop")]
 
 
-def test_judge_all_keeps_every_good_judgement_when_some_replies_are_hostile():
+def test_the_judged_stage_keeps_every_good_judgement_when_some_replies_are_hostile():
     nan = '{"faults": [], "scores": {"accuracy": NaN, "style": 3, "detail": 3}}'
     replies = {"fine": good(4, 4, 4), "nan": nan, "braces": "{" * 200_000,
                "ok too": good(2, 3, 1)}
-    items = [JudgeItem("q1", "p", (1,), (Candidate("fine", (2,)), Candidate("nan", (3,)))),
-             JudgeItem("q2", "p", (1,), (Candidate("braces", (2,)), Candidate("ok too", (3,)),
-                                         Candidate("crash", (4,))))]
+    records = [{"id": "q1", "prompt": "p", "reference": None, "candidates": [
+                   {"text": t} for t in ("fine", "nan")]},
+               {"id": "q2", "prompt": "p", "reference": None, "candidates": [
+                   {"text": t} for t in ("braces", "ok too", "crash")]}]
     start = time.perf_counter()
-    out, report = judge_all(ReplyBackend(replies), items, attempts=2, max_workers=2,
-                            progress=False, report=BadInputReport(JUDGE_REASONS))
+    out = [asyncio.run(judged(r, ReplyContext(replies))) for r in records]
     assert time.perf_counter() - start < 5.0
-    assert out[0][0].accuracy == 4 and out[0][1] is None
-    assert out[1][0] is None and out[1][1].accuracy == 2 and out[1][2] is None
-    assert report.records_ok == 2
-    assert report.totals() == {"no_valid_judgement": 1, "oversized": 1, "judge_failed": 1}
-    first = report.files["judge"].first
-    assert first["no_valid_judgement"].startswith("q1 candidate 1: ") and "NaN" in \
-        first["no_valid_judgement"]
-    assert first["oversized"].startswith("q2 candidate 0: ")
-    assert first["judge_failed"] == "q2 candidate 2: KeyError: 'a bug in the backend'"
+    got = [[(c["judgement"] or {}).get("scores", {}).get("accuracy") for c in r["candidates"]]
+           for r in out]
+    assert got == [[4, None], [None, 2, None]]
+    errors = [c["error"] for r in out for c in r["candidates"]]
+    assert [e and e["reason"] for e in errors] == [
+        None, "no_valid_judgement", "oversized", None, "judge_failed"]
+    assert "NaN" in errors[1]["detail"] and set(JUDGE_REASONS) >= {e["reason"] for e in errors
+                                                                   if e}
+    assert errors[4]["detail"] == "KeyError: 'a bug in the backend'"
 
 
 @pytest.mark.parametrize("reply", ["{" * 200_000, "{" * 100_000 + "}" * 100_000,

@@ -7,7 +7,9 @@ prose-wrapped reply and raises `JudgeParseError` naming the field at fault -- an
 whatever the reply: the scan for the object is one linear pass over at most `max_chars`
 characters (a longer reply is a JudgeParseError with reason 'oversized'), JSON is parsed by
 `phi4_jax.io.jsonl.loads` (NaN, Infinity, 1e999, deep nesting and 5,000-digit integers are
-parse failures), and a score must be a finite integer 1-5.
+parse failures), and a score must be a finite integer 1-5. `judge` asks for one judgement
+through any async `ask(messages) -> text` (the judge workflow's asks the engine's client),
+re-asking on an invalid reply with what was wrong, and raises `JudgeError` listing every attempt.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from phi4_jax.io import jsonl
@@ -38,14 +41,14 @@ Reply with only a JSON object, no other text:
  "scores": {"accuracy": 1, "style": 1, "detail": 1}}"""
 
 
-def judge_messages(prompt: str, reply: str, reference: str | None = None
-                   ) -> list[dict[str, str]]:
+def judge_messages(prompt: str, reply: str, reference: str | None = None, *,
+                   system: str = JUDGE_SYSTEM) -> list[dict[str, str]]:
     """The chat messages sent to the judge for one reply (optionally with a reference)."""
     parts = [f"## Request\n{prompt}"]
     if reference:
         parts.append(f"## Reference answer (may be used to check correctness)\n{reference}")
     parts.append(f"## Reply to review\n{reply}")
-    return [{"role": "system", "content": JUDGE_SYSTEM},
+    return [{"role": "system", "content": system},
             {"role": "user", "content": "\n\n".join(parts)}]
 
 
@@ -82,6 +85,11 @@ class Judgement:
     def to_json(self) -> dict[str, Any]:
         return {"faults": [dataclasses.asdict(f) for f in self.faults],
                 "scores": {k: getattr(self, k) for k in SCORES}}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Judgement:
+        return cls(tuple(Fault(**f) for f in obj["faults"]),
+                   **{k: obj["scores"][k] for k in SCORES})
 
 
 _SCAN = re.compile(r'[{}"\\]')
@@ -187,3 +195,52 @@ def parse_judgement(text: str, *, max_chars: int = MAX_REPLY_CHARS) -> Judgement
             raise JudgeParseError(f"faults[{i}].type: {f['type']!r} is not one of {FAULT_TYPES}")
         faults.append(Fault(kind, str(f.get("description", ""))))
     return Judgement(tuple(faults), **values)
+
+
+JUDGE_REASONS = {
+    "no_valid_judgement": "the judge gave no valid judgement in all attempts",
+    "oversized": "every judge reply was longer than the scanned maximum (MAX_REPLY_CHARS)",
+    "judge_failed": "judging raised an unexpected error (its type and message are shown)",
+    "judge_request_failed": "the judge's server did not answer after every retry, or refused "
+                            "the request (a transient failure is asked again by the next run)",
+}
+
+
+class JudgeError(RuntimeError):
+    """No valid judgement after all attempts; `errors` has one entry per attempt."""
+
+    def __init__(self, errors: list[str], reasons: list[str]):
+        super().__init__(f"no valid judgement after {len(errors)} attempts: "
+                         + " | ".join(f"attempt {i + 1}: {e}" for i, e in enumerate(errors)))
+        self.errors, self.reasons = errors, reasons
+
+    @property
+    def reason(self) -> str:
+        """'oversized' when every attempt's reply was too long to scan, else
+        'no_valid_judgement' (the JUDGE_REASONS it is counted under)."""
+        if self.reasons and all(r == "oversized" for r in self.reasons):
+            return "oversized"
+        return "no_valid_judgement"
+
+
+async def judge(ask: Callable[[list[dict[str, str]]], Awaitable[str]], prompt: str, reply: str,
+                *, reference: str | None = None, attempts: int = 3,
+                system: str = JUDGE_SYSTEM) -> Judgement:
+    """One judgement; an invalid reply is answered with the error and asked again. What `ask`
+    raises (the engine's RequestError after its retries) goes up unchanged."""
+    messages = judge_messages(prompt, reply, reference, system=system)
+    errors: list[str] = []
+    reasons: list[str] = []
+    for _ in range(attempts):
+        text = await ask(messages)
+        try:
+            return parse_judgement(text)
+        except JudgeParseError as e:
+            errors.append(str(e))
+            reasons.append(e.reason)
+            shown = text if e.reason != "oversized" else text[:2000] + " [...]"
+            messages = messages + [
+                {"role": "assistant", "content": shown},
+                {"role": "user", "content": f"That reply was not valid ({e}). Reply again "
+                                            "with only the JSON object described."}]
+    raise JudgeError(errors, reasons)

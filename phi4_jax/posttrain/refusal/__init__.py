@@ -1,8 +1,9 @@
 """Hallucination-refusal data (Phi-4 report): answer when usually right, refuse otherwise.
 
   seeds     trivia seeds (`read_seeds`) and reply grading (`grade`: correct / refusal / wrong)
-  teachers  how the texts are written: `TemplateTeacher` (offline), `OpenAITeacher`
+  teachers  how the texts are written: `TemplateTeacher` (offline), `TEACHER_PROMPTS` (served)
   data      what it builds: accuracy estimates -> SFT examples and 5-token DPO pairs
+  workflow  the job on the data-workflow engine: estimates -> texts -> data, and its export
   cli       `python -m phi4_jax.posttrain.refusal` -> workdirs/refusal/{pairs,sft}.jsonl
 """
 
@@ -12,16 +13,22 @@ from phi4_jax.posttrain.refusal.data import (
     SeedEstimate,
     build_refusal_data,
     estimate_accuracy,
-    estimate_accuracy_served,
+    seed_data,
 )
-from phi4_jax.posttrain.refusal.seeds import TriviaSeed, grade, normalize, read_seeds
+from phi4_jax.posttrain.refusal.seeds import (
+    TriviaSeed,
+    check_seed,
+    grade,
+    normalize,
+    read_seeds,
+)
 from phi4_jax.posttrain.refusal.teachers import (
-    OpenAITeacher,
+    TEACHER_PROMPTS,
     Teacher,
     TeacherError,
     TemplateTeacher,
 )
 
-__all__ = ["OpenAITeacher", "RefusalConfig", "RefusalStats", "SeedEstimate", "Teacher",
+__all__ = ["TEACHER_PROMPTS", "RefusalConfig", "RefusalStats", "SeedEstimate", "Teacher",
            "TeacherError", "TemplateTeacher", "TriviaSeed", "build_refusal_data",
-           "estimate_accuracy", "estimate_accuracy_served", "grade", "normalize", "read_seeds"]
+           "check_seed", "estimate_accuracy", "grade", "normalize", "read_seeds", "seed_data"]

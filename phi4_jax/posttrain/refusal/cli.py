@@ -17,7 +17,11 @@ Writes to --output: `pairs.jsonl` (phi4_jax.pair/v1, source "refusal", completio
 workdirs/refusal/pairs.jsonl), `sft.jsonl` (phi4_jax.sft/v1: an input of
 `python -m phi4_jax.data.sft`), `estimates.jsonl` (per seed: accuracy and graded replies) and
 `report.json` / `report.txt` (counts, and bad input by reason: malformed seeds, failed policy
-or teacher requests). Each file is written whole, atomically, at the end.
+or teacher requests). The job is a workflow on the data-workflow engine, estimates -> texts ->
+data (`phi4_jax.posttrain.refusal.workflow`, docs/synth.md): its requests are cached and its
+shards, markers and rejects kept in OUTPUT/workflow/, so rerunning the same command resumes a
+killed run and a finished one asks nothing; the files above are written whole from the shards,
+the same bytes whether or not the run was killed.
 """
 
 from __future__ import annotations
@@ -27,17 +31,13 @@ import os
 from collections.abc import Sequence
 
 from phi4_jax import cli
-from phi4_jax.io import BadInputReport
 from phi4_jax.posttrain import remote
-from phi4_jax.posttrain.records import write_records, write_report
-from phi4_jax.posttrain.refusal.data import (
-    REASONS,
-    RefusalConfig,
-    build_refusal_data,
-    estimate_accuracy_served,
-)
-from phi4_jax.posttrain.refusal.seeds import SEED_REASONS, read_seeds
-from phi4_jax.posttrain.refusal.teachers import OpenAITeacher, Teacher, TemplateTeacher
+from phi4_jax.posttrain.records import write_report
+from phi4_jax.posttrain.refusal.data import REASONS, RefusalConfig
+from phi4_jax.posttrain.refusal.seeds import SEED_REASONS
+from phi4_jax.posttrain.refusal.workflow import build_workflow, export
+from phi4_jax.synth.runner import REJECT_REASONS
+from phi4_jax.synth.shards import SOURCE_REASONS
 
 PROG = "python -m phi4_jax.posttrain.refusal"
 _DOC = __doc__.split("\n\n")
@@ -68,38 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = remote.start_command(build_parser(), argv, PROG)
-    config = RefusalConfig(samples=args.num_samples, usually=args.usually,
-                           truncate=args.truncate)
-    report = BadInputReport(SEED_REASONS | REASONS)
-    seeds, _ = read_seeds(args.input, report)
-    text = remote.Phi4Text(args.tokenizer_name)
-    policy = remote.ChatModel.connect(args.model, base_url=args.base_url,
-                                      api_key_env=args.api_key_env,
-                                      max_retries=args.max_retries, timeout=args.timeout)
-    teacher: Teacher = TemplateTeacher()
-    if args.teacher_model:
-        teacher = OpenAITeacher(
-            args.teacher_model, base_url=args.teacher_base_url or args.base_url,
-            api_key=remote.api_key(args.teacher_api_key_env or args.api_key_env),
-            attempts=args.teacher_attempts, max_retries=args.max_retries,
-            timeout=args.timeout, temperature=args.teacher_temperature)
-    estimates = estimate_accuracy_served(policy, text, seeds, config,
-                                         temperature=args.temperature,
-                                         max_tokens=args.max_tokens,
-                                         max_workers=args.max_workers,
-                                         progress=not args.quiet, report=report,
-                                         source=f"policy {args.model}")
-    sft, pairs, stats = build_refusal_data(estimates, teacher, text, config, report=report,
-                                           source=f"teacher {teacher.name}")
-    write_records(os.path.join(args.output, "pairs.jsonl"), pairs)
-    write_records(os.path.join(args.output, "sft.jsonl"), sft)
-    write_records(os.path.join(args.output, "estimates.jsonl"), [
-        {"id": e.seed.id, "question": e.seed.question, "accuracy": e.accuracy,
-         "replies": [{"text": t, "grade": g} for _, t, g in e.replies]} for e in estimates])
-    counts = {"seeds": len(seeds), "estimated": len(estimates), "sft": len(sft),
-              "pairs": len(pairs)} | dict(sorted(stats.counts.items()))
+    args, beam_args = remote.start_command(build_parser(), argv, PROG)
+    result = remote.run_job(build_workflow(args), args, beam_args)
+    reasons = REJECT_REASONS | SOURCE_REASONS | SEED_REASONS | REASONS
+    counts, report, pairs, sft = export(result, args, reasons)
     print(write_report(args.output, counts, report, "refusal"))
-    print(f"{len(pairs)} pairs -> {os.path.join(args.output, 'pairs.jsonl')}, "
-          f"{len(sft)} SFT examples -> {os.path.join(args.output, 'sft.jsonl')}")
+    print(f"{pairs} pairs -> {os.path.join(args.output, 'pairs.jsonl')}, "
+          f"{sft} SFT examples -> {os.path.join(args.output, 'sft.jsonl')}")
     return 0 if pairs or sft else 1

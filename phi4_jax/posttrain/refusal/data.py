@@ -3,9 +3,9 @@
 From trivia seeds (`phi4_jax.posttrain.refusal.seeds`) the policy's accuracy is estimated by
 sampling `samples` replies per question and grading them (correct / refusal / wrong): with
 this project's model in-process (`estimate_accuracy`, over a `Sampler`) or behind an
-OpenAI-compatible server (`estimate_accuracy_served`). A teacher
-(`phi4_jax.posttrain.refusal.teachers`) writes a correct answer, a refusal, a bogus
-(unanswerable) variant of the question and a refusal to it. Then
+OpenAI-compatible server (the `estimates` stage of `phi4_jax.posttrain.refusal.workflow`). A
+teacher (`phi4_jax.posttrain.refusal.teachers`) writes a correct answer, a refusal, a bogus
+(unanswerable) variant of the question and a refusal to it. Then (`seed_data`, per seed)
 
 * SFT: the answer where the model is usually right (accuracy >= `usually`), the refusal where
   it is usually wrong, and the bogus question with its refusal always;
@@ -23,17 +23,16 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from phi4_jax.io import BadInputReport
 from phi4_jax.posttrain.records import Pair, SFTExample
 from phi4_jax.posttrain.refusal.seeds import Grade, TriviaSeed, grade, normalize
 from phi4_jax.posttrain.refusal.teachers import Teacher, TeacherError
-from phi4_jax.posttrain.remote import ChatModel, Phi4Text, Reply, ServerError
 from phi4_jax.posttrain.sampler import Sampler
 
-REASONS = {"teacher_failed": "the teacher gave no usable text for a seed",
+REASONS = {"teacher_failed": "the teacher gave no usable text for a seed (or its server did "
+                             "not answer)",
            "policy_failed": "the policy's server did not answer for a seed"}
 
 
@@ -78,42 +77,6 @@ def estimate_accuracy(sampler: Sampler, seeds: Sequence[TriviaSeed], config: Ref
     return out
 
 
-def estimate_accuracy_served(model: ChatModel, text: Phi4Text, seeds: Sequence[TriviaSeed],
-                             config: RefusalConfig, *, temperature: float = 1.0,
-                             max_tokens: int = 256, max_workers: int = 8, progress: bool = True,
-                             report: BadInputReport | None = None, source: str = "policy"
-                             ) -> list[SeedEstimate]:
-    """`estimate_accuracy` with the policy behind an OpenAI-compatible server: each reply's
-    ids are `text.reply_ids` of its text. A seed the server fails on is counted in `report`
-    ('policy_failed' under `source`) and left out."""
-    from tqdm.auto import tqdm
-
-    report = report if report is not None else BadInputReport()
-    report.file(source)
-
-    def one(seed: TriviaSeed) -> list[Reply]:
-        messages = [{"role": "user", "content": seed.question}]
-        return model.sample(messages, config.samples, temperature=temperature,
-                            max_tokens=max_tokens)
-
-    out = []
-    with ThreadPoolExecutor(max_workers=max_workers) as pool, tqdm(
-            total=len(seeds), unit="seed", desc="accuracy", disable=not progress) as bar:
-        for seed, fut in [(s, pool.submit(one, s)) for s in seeds]:
-            try:
-                replies = fut.result()
-            except ServerError as e:
-                report.bad(source, "policy_failed", f"seed {seed.id}", str(e))
-                continue
-            finally:
-                bar.update()
-            report.ok(source)
-            prompt = tuple(text.render([{"role": "user", "content": seed.question}]))
-            out.append(SeedEstimate(seed, prompt, [(text.reply_ids(r), r.text,
-                                                    grade(r.text, seed)) for r in replies]))
-    return out
-
-
 @dataclasses.dataclass
 class RefusalStats:
     """What `build_refusal_data` made (`counts` by kind, SFT and pair); seeds the teacher
@@ -143,50 +106,67 @@ def build_refusal_data(estimates: Sequence[SeedEstimate], teacher: Teacher,
     stats = RefusalStats(seeds=len(estimates),
                          bad=report if report is not None else BadInputReport())
     stats.bad.file(source)
-    k = config.truncate
     for est in estimates:
-        seed, acc = est.seed, est.accuracy
         try:
-            answer, refusal = teacher.answer(seed), teacher.refusal(seed)
-            bogus = teacher.bogus(seed)
-            bogus_refusal = teacher.bogus_refusal(seed, bogus)
+            answer, refusal = teacher.answer(est.seed), teacher.refusal(est.seed)
+            bogus = teacher.bogus(est.seed)
+            texts = {"answer": answer, "refusal": refusal, "bogus": bogus,
+                     "bogus_refusal": teacher.bogus_refusal(est.seed, bogus)}
         except TeacherError as e:
-            stats.bad.bad(source, "teacher_failed", f"seed {seed.id}", str(e))
+            stats.bad.bad(source, "teacher_failed", f"seed {est.seed.id}", str(e))
             continue
         stats.bad.ok(source)
-        meta = {"seed_id": seed.id, "accuracy": acc, "samples": len(est.replies),
-                "teacher": teacher.name}
-        usually_right = acc >= config.usually
-        sft.append(SFTExample(f"refusal/{seed.id}/{'answer' if usually_right else 'refuse'}",
-                              ({"role": "user", "content": seed.question},
-                               {"role": "assistant", "content": answer if usually_right
-                                else refusal}), "refusal", meta))
-        sft.append(SFTExample(f"refusal/{seed.id}/bogus",
-                              ({"role": "user", "content": bogus},
-                               {"role": "assistant", "content": bogus_refusal}),
-                              "refusal", meta | {"bogus": True}))
-        stats.counts["sft_answer" if usually_right else "sft_refusal"] += 1
-        stats.counts["sft_bogus"] += 1
-        refusal_ids = tuple(tokenizer.encode(refusal))[:k]
-        candidates = []
-        if acc > 0:  # sometimes right: the correct answer beats a refusal
-            candidates.append(("correct>refusal", tuple(tokenizer.encode(answer))[:k],
-                               refusal_ids, {}))
-        if acc < 1:  # sometimes wrong: a refusal beats the policy's (most frequent) wrong reply
-            wrong = collections.Counter(normalize(t) for _, t, g in est.replies if g == "wrong")
-            if wrong:
-                top = wrong.most_common(1)[0][0]
-                ids = next(i for i, t, g in est.replies if g == "wrong" and normalize(t) == top)
-                candidates.append(("refusal>wrong", refusal_ids, tuple(ids)[:k],
-                                   {"wrong_text": top, "wrong_count": wrong[top]}))
-            else:
-                stats.counts["no_wrong_sample"] += 1  # only refusals among the misses
-        for kind, chosen, rejected, extra in candidates:
-            if not chosen or not rejected or chosen == rejected:
-                stats.counts["skipped_identical_after_truncation"] += 1
-                continue
-            pairs.append(Pair(f"refusal/{seed.id}/{kind}", est.prompt_ids, chosen, rejected,
-                              "refusal", tokenizer.tokenizer_name,
-                              meta | {"kind": kind, "truncate": k} | extra))
-            stats.counts[kind] += 1
+        seed_sft, seed_pairs, counts = seed_data(est, texts, tokenizer, config, teacher.name)
+        sft += seed_sft
+        pairs += seed_pairs
+        stats.counts.update(counts)
     return sft, pairs, stats
+
+
+def seed_data(est: SeedEstimate, texts: dict[str, str], tokenizer: TextTokenizer,
+              config: RefusalConfig, teacher_name: str
+              ) -> tuple[list[SFTExample], list[Pair], collections.Counter]:
+    """One seed's SFT examples and truncated pairs from its estimate and the teacher's texts
+    (answer, refusal, bogus, bogus_refusal); the counts by kind."""
+    sft: list[SFTExample] = []
+    pairs: list[Pair] = []
+    counts: collections.Counter = collections.Counter()
+    k = config.truncate
+    seed, acc = est.seed, est.accuracy
+    answer, refusal = texts["answer"], texts["refusal"]
+    meta = {"seed_id": seed.id, "accuracy": acc, "samples": len(est.replies),
+            "teacher": teacher_name}
+    usually_right = acc >= config.usually
+    sft.append(SFTExample(f"refusal/{seed.id}/{'answer' if usually_right else 'refuse'}",
+                          ({"role": "user", "content": seed.question},
+                           {"role": "assistant", "content": answer if usually_right
+                            else refusal}), "refusal", meta))
+    sft.append(SFTExample(f"refusal/{seed.id}/bogus",
+                          ({"role": "user", "content": texts["bogus"]},
+                           {"role": "assistant", "content": texts["bogus_refusal"]}),
+                          "refusal", meta | {"bogus": True}))
+    counts["sft_answer" if usually_right else "sft_refusal"] += 1
+    counts["sft_bogus"] += 1
+    refusal_ids = tuple(tokenizer.encode(refusal))[:k]
+    candidates = []
+    if acc > 0:  # sometimes right: the correct answer beats a refusal
+        candidates.append(("correct>refusal", tuple(tokenizer.encode(answer))[:k],
+                           refusal_ids, {}))
+    if acc < 1:  # sometimes wrong: a refusal beats the policy's (most frequent) wrong reply
+        wrong = collections.Counter(normalize(t) for _, t, g in est.replies if g == "wrong")
+        if wrong:
+            top = wrong.most_common(1)[0][0]
+            ids = next(i for i, t, g in est.replies if g == "wrong" and normalize(t) == top)
+            candidates.append(("refusal>wrong", refusal_ids, tuple(ids)[:k],
+                               {"wrong_text": top, "wrong_count": wrong[top]}))
+        else:
+            counts["no_wrong_sample"] += 1  # only refusals among the misses
+    for kind, chosen, rejected, extra in candidates:
+        if not chosen or not rejected or chosen == rejected:
+            counts["skipped_identical_after_truncation"] += 1
+            continue
+        pairs.append(Pair(f"refusal/{seed.id}/{kind}", est.prompt_ids, chosen, rejected,
+                          "refusal", tokenizer.tokenizer_name,
+                          meta | {"kind": kind, "truncate": k} | extra))
+        counts[kind] += 1
+    return sft, pairs, counts

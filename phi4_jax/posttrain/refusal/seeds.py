@@ -32,6 +32,24 @@ class TriviaSeed:
     aliases: tuple[str, ...] = ()
 
 
+class SeedError(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def check_seed(obj: dict) -> TriviaSeed:
+    """The seed of a decoded JSON object; `SeedError` (a SEED_REASONS reason) when invalid."""
+    missing = [k for k in ("id", "question", "answer")
+               if not isinstance(obj.get(k), str) or not obj[k].strip()]
+    if missing:
+        raise SeedError("missing_field", f"{missing[0]}: missing or not a non-empty string")
+    aliases = obj.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+        raise SeedError("bad_aliases", "aliases: must be a list of strings")
+    return TriviaSeed(obj["id"], obj["question"], obj["answer"], tuple(aliases))
+
+
 def read_seeds(path: str, report: BadInputReport | None = None
                ) -> tuple[list[TriviaSeed], BadInputReport]:
     """The valid seeds of a JSONL file; bad lines are counted in the report (SEED_REASONS)."""
@@ -44,20 +62,17 @@ def read_seeds(path: str, report: BadInputReport | None = None
             report.bad(path, "not_an_object" if error == "not a JSON object" else
                        "malformed_json", where, error)
             continue
-        missing = [k for k in ("id", "question", "answer")
-                   if not isinstance(obj.get(k), str) or not obj[k].strip()]
-        aliases = obj.get("aliases", [])
-        if missing:
-            report.bad(path, "missing_field", where,
-                       f"{missing[0]}: missing or not a non-empty string")
-        elif not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
-            report.bad(path, "bad_aliases", where, "aliases: must be a list of strings")
-        elif obj["id"] in seen:
+        try:
+            seed = check_seed(obj)
+        except SeedError as e:
+            report.bad(path, e.reason, where, e.detail)
+            continue
+        if seed.id in seen:
             report.bad(path, "duplicate_id", where, f"id: duplicate {obj['id']!r}")
         else:
-            seen.add(obj["id"])
+            seen.add(seed.id)
             report.ok(path)
-            seeds.append(TriviaSeed(obj["id"], obj["question"], obj["answer"], tuple(aliases)))
+            seeds.append(seed)
     return seeds, report
 
 

@@ -4,6 +4,7 @@ OpenAI-compatible server, the real `openai` client, and the pairs file the DPO e
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -74,7 +75,8 @@ def test_judge_cli_writes_the_pairs_the_dpo_experiment_reads(tmp_path, monkeypat
     printed = capsys.readouterr().out
     assert code == 0
     assert set(server.keys) == {f"Bearer {KEY}"}  # from the named variable, sent, never shown
-    assert not [f for f in out.iterdir() if KEY in f.read_text()] and KEY not in printed
+    assert not [f for f in out.rglob("*") if f.is_file() and KEY.encode() in f.read_bytes()]
+    assert KEY not in printed
 
     report = BadInputReport()
     pairs = list(iter_records(tmp_path / judge_pairs, "pair", report,
@@ -114,3 +116,50 @@ def test_judge_help_names_the_flags():
     for flag in ("--base_url", "--model", "--api_key_env", "--output", "--num_samples",
                  "--reply_models", "example:"):
         assert flag in out
+
+
+def deterministic(body):
+    """A reply model that answers n replies 'aK sK dK ...' (K = 1 + (index + len(prompt)) % 5),
+    and a judge that scores by them: every answer a function of the request."""
+    if body["model"] == "judge":
+        reply = body["messages"][1]["content"].split("## Reply to review\n")[1]
+        a, s, d = (int(x[1]) for x in reply.split()[:3])
+        return 200, good(a, s, d)
+    prompt = body["messages"][-1]["content"]
+    return 200, [(f"a{k} s{k} d3 reply {i} to {prompt}", "stop")
+                 for i in range(body.get("n", 1)) for k in [1 + (i + len(prompt)) % 5]]
+
+
+def run_judge(out, server, *extra, env=None):
+    argv = ["--input", str(out.parent / "prompts.jsonl"), "--output", str(out),
+            "--base_url", server.url, "--model", "judge", "--reply_models", "m1",
+            "--num_samples", "3", "--shard_size", "2", "--quiet", *extra]
+    if env is None:
+        return main(argv)
+    return subprocess.run([sys.executable, "-m", "phi4_jax.posttrain.judge", *argv],
+                          env={**os.environ, **env}, capture_output=True).returncode
+
+
+FILES = ("pairs.jsonl", "judgements.jsonl", "report.json", "report.txt")
+
+
+def test_killed_runs_resume_to_the_same_bytes_and_a_finished_rerun_asks_nothing(tmp_path):
+    (tmp_path / "prompts.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "prompt": "Why? " * (i + 1)}) + "\n" for i in range(7)))
+    with ScriptedServer(deterministic) as server:
+        assert run_judge(tmp_path / "ref", server) == 0
+        asked = len(server.requests)
+        assert asked == 7 * (1 + 3)  # one sampling request and 3 judgements per prompt
+        reference = {f: (tmp_path / "ref" / f).read_bytes() for f in FILES}
+        assert run_judge(tmp_path / "ref", server) == 0
+        assert len(server.requests) == asked  # a finished rerun: zero requests
+        assert {f: (tmp_path / "ref" / f).read_bytes() for f in FILES} == reference
+        for k, point in enumerate(["record:9", "marker:5", "stage:2", "manifest:1"]):
+            out = tmp_path / f"killed{k}"
+            assert run_judge(out, server, env={"PHI4_SYNTH_KILL_AT": point}) == -9, point
+            assert not (out / "pairs.jsonl").exists()
+            before = len(server.requests)
+            assert run_judge(out, server) == 0
+            assert len(server.requests) - before < asked, point  # the killed run's replies kept
+            assert {f: (out / f).read_bytes() for f in FILES} == reference, point
+            assert len(list(iter_records(out / "pairs.jsonl", "pair"))) > 0

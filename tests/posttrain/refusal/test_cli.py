@@ -4,6 +4,7 @@ OpenAI-compatible server, the real `openai` client, and the files DPO and SFT re
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -109,6 +110,8 @@ def test_refusal_cli_writes_the_pairs_and_sft_examples_training_reads(tmp_path, 
     assert saved["stats"]["pairs"] == 4 and saved["stats"]["sft"] == 6
     assert saved["bad_input"]["bad_by_reason"] == {"missing_field": 1, "malformed_json": 1,
                                                    "policy_failed": 1, "teacher_failed": 1}
+    teacher = saved["bad_input"]["files"]["teacher teacher"]["first"]["teacher_failed"]
+    assert teacher == "seed s4: teacher 'answer' failed: empty reply; empty reply"
     estimates = [json.loads(line) for line in (out / "estimates.jsonl").read_text().splitlines()]
     assert [(e["id"], e["accuracy"]) for e in estimates] == [
         ("s1", 1.0), ("s2", 0.75), ("s3", 0.0), ("s4", 1.0)]
@@ -131,3 +134,34 @@ def test_refusal_cli_offline_template_teacher_and_help(tmp_path):
     for flag in ("--base_url", "--model", "--api_key_env", "--output", "--num_samples",
                  "--teacher_model", "example:"):
         assert flag in out
+
+
+FILES = ("pairs.jsonl", "sft.jsonl", "estimates.jsonl", "report.json", "report.txt")
+
+
+def run_refusal(seeds, out, server, env=None):
+    argv = ["--input", str(seeds), "--output", str(out), "--base_url", server.url,
+            "--model", "policy", "--num_samples", "4", "--max_tokens", "64",
+            "--teacher_model", "teacher", "--shard_size", "1", "--quiet"]
+    if env is None:
+        return main(argv)
+    return subprocess.run([sys.executable, "-m", "phi4_jax.posttrain.refusal", *argv],
+                          env={**os.environ, **env}, capture_output=True).returncode
+
+
+def test_killed_runs_resume_to_the_same_bytes_and_a_finished_rerun_asks_nothing(tmp_path):
+    seeds = tmp_path / "trivia.jsonl"
+    seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS[:4]))
+    with ScriptedServer(respond) as server:
+        assert run_refusal(seeds, tmp_path / "ref", server) == 0
+        asked = len(server.requests)
+        reference = {f: (tmp_path / "ref" / f).read_bytes() for f in FILES}
+        assert run_refusal(seeds, tmp_path / "ref", server) == 0
+        assert len(server.requests) == asked  # a finished rerun: zero requests
+        for k, point in enumerate(["record:2", "marker:6", "stage:3"]):
+            out = tmp_path / f"killed{k}"
+            assert run_refusal(seeds, out, server, {"PHI4_SYNTH_KILL_AT": point}) == -9, point
+            before = len(server.requests)
+            assert run_refusal(seeds, out, server) == 0
+            assert len(server.requests) - before < asked, point
+            assert {f: (out / f).read_bytes() for f in FILES} == reference, point

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from phi4_jax.posttrain.records import parse_pair, parse_sft
 from phi4_jax.posttrain.refusal import (
-    OpenAITeacher,
     RefusalConfig,
     TeacherError,
     TemplateTeacher,
@@ -19,7 +16,6 @@ from phi4_jax.posttrain.refusal import (
     read_seeds,
 )
 from phi4_jax.posttrain.sampler import Rollout
-from tests.posttrain.openai_server import ScriptedServer
 
 EOS = 0
 
@@ -166,26 +162,19 @@ def test_read_seeds_counts_malformed_lines(tmp_path):
     assert first["duplicate_id"] == f"{path}:5: id: duplicate 'a'"
 
 
-def test_openai_teacher_over_http_and_failures_are_counted():
-    def respond(body):
-        prompt = body["messages"][0]["content"]
-        if "Hamlet" in prompt:
-            return 200, ""  # empty replies: the teacher gives up on this seed
-        if prompt.startswith("Rewrite"):
-            return 200, "What is the capital of the sunken republic of Quastria?"
-        return 200, "I can't find any record of that." if "premise" in prompt else "Paris."
+def test_teacher_failures_are_counted_per_seed():
+    class FailingTeacher(TemplateTeacher):
+        def answer(self, seed):
+            if "Hamlet" in seed.question:
+                raise TeacherError("teacher 'answer' failed: empty reply; empty reply")
+            return super().answer(seed)
 
-    with ScriptedServer(respond) as server:
-        teacher = OpenAITeacher("teacher", base_url=server.url, api_key="x", attempts=2)
-        sampler = WordSampler(REPLIES)
-        estimates = estimate_accuracy(sampler, SEEDS[:2], RefusalConfig(), progress=False)
-        sft, pairs, report = build_refusal_data(estimates, teacher, sampler, RefusalConfig())
-        assert report.bad.totals() == {"teacher_failed": 1}
-        failure = report.bad.files["teacher"].first["teacher_failed"]
-        assert failure.startswith("seed s2: teacher 'answer' failed")
-        assert "empty reply; empty reply" in failure
-        assert [e.id for e in sft] == ["refusal/s1/answer", "refusal/s1/bogus"]
-        bogus = "What is the capital of the sunken republic of Quastria?"
-        assert sft[1].messages[0]["content"] == bogus
-        with pytest.raises(TeacherError, match="teacher 'answer' failed"):
-            teacher.answer(SEEDS[1])
+    sampler = WordSampler(REPLIES)
+    estimates = estimate_accuracy(sampler, SEEDS[:2], RefusalConfig(), progress=False)
+    sft, pairs, report = build_refusal_data(estimates, FailingTeacher(), sampler,
+                                            RefusalConfig())
+    assert report.bad.totals() == {"teacher_failed": 1}
+    failure = report.bad.files["teacher"].first["teacher_failed"]
+    assert failure == "seed s2: teacher 'answer' failed: empty reply; empty reply"
+    assert [e.id for e in sft] == ["refusal/s1/answer", "refusal/s1/bogus"]
+    assert {p.id for p in pairs} == {"refusal/s1/correct>refusal"}
