@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.phi4_jax_installed
 
-.PHONY: setup train demo serve test test-fast lint bench
+.PHONY: setup train demo serve posttrain-e2e test test-fast lint bench
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: setup
 serve: setup
 	JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 $(PY) -m phi4_jax.serve --served_model_name=smollm2 \
 		--model=$$($(PY) -c "from phi4_jax.convert.gguf import smollm2_path; print(smollm2_path())")
+
+# Offline post-training end to end (docs/posttrain.md): SmolLM2 served as policy, judge and
+# teacher -> judge, refusal and PTS pairs -> phi4_sft / phi4_dpo_pts / phi4_dpo_judge smokes.
+posttrain-e2e: setup
+	$(PY) -m phi4_jax.posttrain.e2e --workdir=workdirs/posttrain_e2e
 
 # The whole test suite, slow group included (this is what CI runs).
 test: setup

@@ -136,9 +136,22 @@ class ChatRequest(_Sampling):
     tools: list[Any] | None = None
     tool_choice: Any = None
     response_format: dict[str, Any] | None = None
+    # vLLM's extensions: the last (assistant) message is a prefix the reply continues.
+    continue_final_message: StrictBool = False
+    add_generation_prompt: StrictBool = True
 
     def check_unsupported(self) -> None:
         super().check_unsupported()
+        if self.continue_final_message and self.add_generation_prompt:
+            raise bad("continue_final_message needs add_generation_prompt: false",
+                      "add_generation_prompt")
+        if not self.continue_final_message and not self.add_generation_prompt:
+            raise bad("add_generation_prompt: false is supported only with "
+                      "continue_final_message: true", "add_generation_prompt")
+        if self.continue_final_message and (not self.messages
+                                            or self.messages[-1].role != "assistant"):
+            raise bad("continue_final_message: the last message must be the assistant's",
+                      "continue_final_message")
         if self.tools:
             raise bad("tools are not supported by this server", "tools")
         if self.response_format and self.response_format.get("type") not in (None, "text"):

@@ -56,9 +56,11 @@ def completion_prompts(prompt: Any, codec: Any, config: Any
     return ids, texts
 
 
-def chat_prompt(messages: Sequence[Any], codec: Any) -> list[int]:
+def chat_prompt(messages: Sequence[Any], codec: Any, *, continue_final: bool = False
+                ) -> list[int]:
     """Token ids of the conversation in the model's chat template, ending where the
-    assistant's reply begins."""
+    assistant's reply begins; with `continue_final`, the last (assistant) message is the start
+    of that reply: the conversation before it, the generation prompt, then its text."""
     if not messages:
         raise bad("messages: must not be empty", "messages")
     rendered = []
@@ -68,8 +70,13 @@ def chat_prompt(messages: Sequence[Any], codec: Any) -> list[int]:
             raise bad(f"messages[{k}].role: {m.role!r} is not supported (system, developer, "
                       "user, assistant)", f"messages[{k}].role")
         rendered.append({"role": role, "content": m.text()})
+    prefix = rendered.pop()["content"] if continue_final else None
+    if continue_final and not rendered:
+        raise bad("messages: continue_final_message needs a message before the assistant's",
+                  "messages")
     try:
-        return codec.render_chat(rendered)
+        ids = codec.render_chat(rendered)
+        return ids + codec.encode(prefix) if prefix else ids
     except ValueError as e:
         raise bad(f"messages: {e}", "messages") from None
 

@@ -91,6 +91,10 @@ def test_unknown_model_is_404(url):
     ({"logprobs": True, "top_logprobs": 9}, "top_logprobs", "at most 5"),
     ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
     ({"tools": [{"type": "function"}]}, "tools", "not supported"),
+    ({"continue_final_message": True}, "add_generation_prompt", "needs add_generation_prompt"),
+    ({"add_generation_prompt": False}, "add_generation_prompt", "only with continue_final"),
+    ({"continue_final_message": True, "add_generation_prompt": False}, "continue_final_message",
+     "must be the assistant's"),
 ], ids=lambda x: str(x)[:40])
 def test_chat_bad_fields_are_400_naming_the_field(url, change, param, fragment):
     body = {"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], **change}

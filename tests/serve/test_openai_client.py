@@ -152,3 +152,18 @@ def test_completion_streaming_equals_the_whole_text(client):
                                             temperature=0, stream=True))
     assert "".join(p.choices[0].text for p in pieces) == whole.choices[0].text
     assert pieces[-1].choices[0].finish_reason == "length"
+
+
+def test_continue_final_message_continues_the_assistant_prefix(client, smollm2):
+    """vLLM's `continue_final_message`: the reply continues the last (assistant) message, whose
+    text is not repeated; the model sees the conversation, the generation prompt, the prefix."""
+    question = [{"role": "user", "content": "Name a color."}]
+    prefix = '{"color": "'
+    ids = smollm2.codec.render_chat(question) + smollm2.codec.encode(prefix)
+    want, _ = _reference(smollm2, ids, 1, 6, SamplingConfig(0.0), 0)
+    got = client.chat.completions.create(
+        model="smollm2", messages=[*question, {"role": "assistant", "content": prefix}],
+        max_tokens=6, temperature=0,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    assert got.choices[0].message.content == want[0]
+    assert got.usage.prompt_tokens == len(ids)

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest judge reply")
     parser.add_argument("--json_mode", action="store_true",
                         help="ask the judge server for response_format json_object")
+    parser.add_argument("--judge_prefill", default="",
+                        help="text the judge's reply starts with, e.g. '{\"faults\": [], "
+                        "\"scores\": {\"accuracy\": ' for a small judge that does not write "
+                        "the JSON on its own (sent as a final assistant message with vLLM's "
+                        "continue_final_message; phi4_jax.serve and vLLM accept it)")
+    parser.add_argument("--judge_temperature", type=float, default=0.0,
+                        help="judge sampling temperature")
     remote.add_request_flags(parser)
     return parser
 

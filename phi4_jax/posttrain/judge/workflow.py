@@ -99,10 +99,15 @@ async def judged(record: dict[str, Any], ctx: synth.StageContext) -> dict[str, A
         raise synth.Reject("too_few_replies", f"{len(candidates)} candidates")
     extra = {"response_format": {"type": "json_object"}} if p["json_mode"] else {}
 
+    prefill = p["prefill"]
+    if prefill:  # the judge's reply starts with this text (vLLM's continue_final_message)
+        extra["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+
     async def ask(messages: list[dict[str, str]]) -> str:
-        (sample,) = await ctx.chat(messages, model="judge", temperature=0.0,
+        sent = [*messages, {"role": "assistant", "content": prefill}] if prefill else messages
+        (sample,) = await ctx.chat(sent, model="judge", temperature=p["temperature"],
                                    max_tokens=p["max_tokens"], **extra)
-        return sample.text
+        return prefill + sample.text
 
     async def one(c: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -165,7 +170,8 @@ def build_workflow(args: Any) -> synth.Workflow:
                 "system": args.system}),
             synth.Stage("judged", judged, model="judge", templates={"system": JUDGE_SYSTEM},
                         params={"attempts": args.attempts, "max_tokens": args.judge_max_tokens,
-                                "json_mode": args.json_mode}),
+                                "json_mode": args.json_mode, "prefill": args.judge_prefill,
+                                "temperature": args.judge_temperature}),
             synth.Stage("pairs", pairs, params={
                 "by": by_scores(args.by), "min_margin": args.min_margin, "judge": args.model,
                 "system": args.system, "tokenizer_name": args.tokenizer_name})])

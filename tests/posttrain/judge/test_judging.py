@@ -90,7 +90,8 @@ def test_the_judged_stage_and_any_vs_any_pairs_over_http():
         {"text": t, "finished": True, "source": f"model{i}"} for i, t in enumerate(texts)]}
         for k in range(3)]
     stage = synth.Stage("judged", judged, model="judge", templates={"system": JUDGE_SYSTEM},
-                        params={"attempts": 2, "max_tokens": 64, "json_mode": False})
+                        params={"attempts": 2, "max_tokens": 64, "json_mode": False,
+                                "prefill": "", "temperature": 0.0})
 
     async def go(server):
         clients = {"judge": client(server, concurrency=4)}
@@ -131,6 +132,38 @@ def test_the_judged_stage_and_any_vs_any_pairs_over_http():
     stats = PairStats()
     assert len(build_pairs(item, judgements, tokenizer="t", stats=stats)) == 5
     assert (stats.pairs, stats.ties, stats.identical) == (5, 1, 0)  # accuracy 4 = 4: a tie
+
+
+def test_a_judge_prefill_is_sent_as_the_final_assistant_message_and_parsed_with_the_reply():
+    """--judge_prefill: the reply continues the prefix (vLLM's continue_final_message); the
+    judgement is parsed from prefix + continuation."""
+    prefill = '{"faults": [], "scores": {"accuracy": '
+    record = {"id": "q", "prompt": "p", "reference": None, "candidates": [
+        {"text": t, "finished": True, "source": "m"} for t in ("x", "y")]}
+    stage = synth.Stage("judged", judged, model="judge", templates={"system": JUDGE_SYSTEM},
+                        params={"attempts": 1, "max_tokens": 32, "json_mode": False,
+                                "prefill": prefill, "temperature": 0.5})
+
+    def continuation(body: dict) -> tuple[int, str]:
+        reply = body["messages"][1]["content"].split("## Reply to review\n")[1]
+        return 200, ('4, "style": 3, "detail": 2}}' if reply == "x"
+                     else '2, "style": 3, "detail": 2}}')
+
+    async def go(server):
+        clients = {"judge": client(server)}
+        try:
+            return await judged(record, synth.StageContext(stage, clients, "q"))
+        finally:
+            await clients["judge"].aclose()
+
+    with ScriptedServer(continuation) as server:
+        out = asyncio.run(go(server))
+    body = server.requests[0]
+    assert body["messages"][-1] == {"role": "assistant", "content": prefill}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert body["temperature"] == 0.5
+    accuracy = [c["judgement"]["scores"]["accuracy"] for c in out["candidates"]]
+    assert accuracy == [4, 2]
 
 
 class CharSampler:
