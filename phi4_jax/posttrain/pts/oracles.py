@@ -65,14 +65,10 @@ class MathOracle:
     def gold(self, question: Question) -> Any:
         """The parsed gold answer (cached per question id); ValueError if it does not parse."""
         if question.id not in self._gold:
-            from math_verify import parse
+            from phi4_jax.synth.math_verify import parse_gold  # shared with eval and workflows
 
-            t = self._timeouts()
-            gold = question.answer.strip()
-            delimited = "$" in gold or "\\boxed" in gold or "\\(" in gold
             # a bare gold answer is read as math ("2^{997}", "sqrt(2)"), as math-verify advises
-            parsed = [] if delimited or not gold else parse(f"${gold}$", parsing_timeout=t)
-            parsed = parsed or parse(gold, parsing_timeout=t)
+            parsed = parse_gold(question.answer, self._timeouts())
             if not parsed:
                 raise ValueError(f"question {question.id}: math-verify cannot parse the gold "
                                  f"answer {question.answer!r}")
