@@ -28,6 +28,10 @@ Sections (override any field on the command line: `--exp.train.steps=20`):
     dpo             pairs, loss, beta, label_smoothing, max_pairs_per_row, reference_cache,
                     cache_dir, tokenizer (phi4_jax/train/dpo/)
     log             tensorboard, wandb (used only when installed), wandb_project
+    eval            evaluation during training (phi4_jax/train/evaluation.py): every (steps;
+                    0: off), heldout_rows (per source, carved from its store or its held-out
+                    store; never trained on), batch_size, tasks (phi4_jax.eval specs such as
+                    'mc:PATH.jsonl', scored on the live model), task_limit, task_batch_size
 
 Defaults follow the Phi-4 report where it states a value (peak lr 3e-4, weight decay 0.1, global
 batch 5760 x 4096 tokens, ~10T tokens); the rest are marked "not stated" below.
@@ -122,6 +126,16 @@ def base_config() -> config_dict.ConfigDict:
     })
     c.log = config_dict.ConfigDict({"tensorboard": True, "wandb": False,
                                     "wandb_project": "phi4-jax"})
+    c.eval = config_dict.ConfigDict({
+        "every": 0,  # off; 0 < N: held-out loss (and tasks) every N steps and at the end
+        # Rows of data.seq_len per source held out (0: none). Carving them changes what
+        # training reads, so it is off unless asked for (docs/training.md).
+        "heldout_rows": 0,
+        "batch_size": 8,
+        "tasks": (),
+        "task_limit": config_dict.placeholder(int),  # None: every example
+        "task_batch_size": 32,
+    })
     return c
 
 

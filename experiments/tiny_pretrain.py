@@ -4,7 +4,9 @@
 
 Trains the `tiny` preset (2 layers, width 128, the real 100,352-token vocabulary) with the
 Phi-4 recipe's optimizer and schedule shape; leaves checkpoints in WORKDIR/checkpoints and
-TensorBoard logs in WORKDIR/tensorboard. Running it again with the same workdir resumes.
+TensorBoard logs in WORKDIR/tensorboard; every 20 steps it evaluates the held-out loss of
+each source (`eval/loss/<source>` in metrics.jsonl and TensorBoard). Running it again with the
+same workdir resumes.
 Without the data engine's corpus: --exp.data.source=synthetic.
 """
 
@@ -28,4 +30,6 @@ def get_config(arg: str | None = None):
     c.train.checkpoint_every = 20
     c.train.log_every = 5
     c.train.loss_vocab_chunks = 1  # 8 x 128 x 100352 float32 logits fit a CPU; pods chunk
+    c.eval.every = 20  # held-out loss per source at steps 20, 40, 60
+    c.eval.heldout_rows = 8  # one batch of 8 x 128 tokens per source
     return c

@@ -62,6 +62,11 @@ def main(argv: Sequence[str] | None = None):
 
     from phi4_jax.train import loop  # imports jax: after flags, so --help stays fast
 
+    if config.get("eval") and config.eval.tasks:  # the harness scores eval.tasks in training
+        from phi4_jax.eval.in_training import task_scorer
+        from phi4_jax.train import evaluation
+
+        evaluation.register_task_scorer(task_scorer)
     return loop.run(config, workdir)
 
 

@@ -50,6 +50,9 @@ class Source:
     max_epochs: the plan fails if this source would be read more often than this.
     packing: "concat" (documents back to back, split at row ends: pretraining) or "best_fit"
       (whole documents packed into rows, padding the rest: SFT and long-context data).
+    heldout: a token store of held-out documents for this source's evaluation (held-out loss
+      during training); None: a slice is carved out of `path` when a run asks for held-out
+      rows (phi4_jax/data/heldout.py).
     """
 
     name: str
@@ -57,6 +60,7 @@ class Source:
     unique_tokens: float | None = None
     max_epochs: float | None = None
     packing: str = "concat"
+    heldout: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +147,12 @@ class Mixture:
     def resolve(self, data_root: str | None) -> Mixture:
         """The same mixture with store paths made absolute (relative ones joined to data_root)."""
         root = data_root if data_root is not None else os.getcwd()
-        sources = tuple(dataclasses.replace(s, path=s.path if "://" in s.path else
-                                            os.path.abspath(os.path.join(root, s.path)))
+
+        def absolute(path: str | None) -> str | None:
+            return path if path is None or "://" in path else os.path.abspath(
+                os.path.join(root, path))
+
+        sources = tuple(dataclasses.replace(s, path=absolute(s.path), heldout=absolute(s.heldout))
                         for s in self.sources)
         return dataclasses.replace(self, sources=sources)
 
@@ -173,6 +181,9 @@ def _check_source(s: object, where: str) -> None:
         if not isinstance(value, str) or not value:
             raise MixtureError(f"{label}: {field} must be a non-empty string, got "
                                f"{_shown(value)}")
+    if s.heldout is not None and (not isinstance(s.heldout, str) or not s.heldout):
+        raise MixtureError(f"{label}: heldout must be a non-empty string (a store path) or "
+                           f"None, got {_shown(s.heldout)}")
     if s.packing not in PACKING_MODES:
         raise MixtureError(f"{label}: packing {s.packing!r} not in {PACKING_MODES}")
     for field in ("unique_tokens", "max_epochs"):

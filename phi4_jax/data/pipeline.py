@@ -37,6 +37,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from phi4_jax.data.heldout import carve, train_docs
 from phi4_jax.data.mixture import Mixture, load_mixture
 from phi4_jax.data.packing import empty_batch, fill_rows
 from phi4_jax.data.plan import Plan, row_plan
@@ -57,8 +58,10 @@ class MixtureData:
 
     def __init__(self, mixture: Mixture, *, seq_len: int, global_batch_size: int,
                  num_steps: int | None = None, seed: int = 0, data_root: str | None = None,
-                 best_fit_window: int = 2048, vocab_size: int | None = None):
+                 best_fit_window: int = 2048, vocab_size: int | None = None,
+                 heldout_tokens: int = 0):
         self.mixture = load_mixture(mixture).resolve(data_root)
+        self.heldout_tokens = heldout_tokens  # carved per source without a held-out store
         self.seq_len, self.global_batch_size, self.seed = seq_len, global_batch_size, seed
         self.best_fit_window = best_fit_window
         self.stores: list[StoreReader] = []
@@ -70,9 +73,14 @@ class MixtureData:
                             "planning with the store's count", s.name, s.path,
                             store.num_tokens, s.unique_tokens)
             self.stores.append(store)
+            docs = None
+            if heldout_tokens and not s.heldout:
+                docs = train_docs(len(store.doc_lengths()),
+                                  carve(store.doc_lengths(), s.name, heldout_tokens))
             self.layouts.append(make_layout(store, s.packing, seq_len, seed, s.name,
-                                            best_fit_window))
-        unique = {s.name: st.num_tokens for s, st in zip(self.mixture.sources, self.stores)}
+                                            best_fit_window, docs=docs))
+        unique = {s.name: lay.unique_tokens for s, lay in zip(self.mixture.sources,
+                                                              self.layouts)}
         fills = {s.name: lay.fill() for s, lay in zip(self.mixture.sources, self.layouts)}
         self.plan, self.schedule = row_plan(self.mixture, seq_len=seq_len,
                                             global_batch_size=global_batch_size,
@@ -94,6 +102,8 @@ class MixtureData:
                    "sources": [[s.name, s.packing] for s in m.sources],
                    "weights": [sorted(st.weights.items()) for st in m.stages],
                    "rows": {s.name: s.rows for s in self.plan.sources}}
+        if self.heldout_tokens:  # a carved held-out slice changes what training reads
+            summary["heldout_tokens"] = self.heldout_tokens
         return json.loads(json.dumps(summary))
 
     def plan_digest(self) -> str:
@@ -203,14 +213,17 @@ def build_iterator(mixture: Mixture | str, *, seq_len: int, global_batch_size: i
                    num_steps: int | None = None, seed: int = 0, data_root: str | None = None,
                    process_index: int | None = None, process_count: int | None = None,
                    num_threads: int = 2, prefetch: int = 4, provenance: bool = False,
-                   best_fit_window: int = 2048, vocab_size: int | None = None) -> DataIterator:
+                   best_fit_window: int = 2048, vocab_size: int | None = None,
+                   heldout_tokens: int = 0) -> DataIterator:
     """This host's checkpointable iterator of batches (see the module docstring).
 
     mixture: a Mixture, a mixture file path or module name. num_steps: the training length
     (default: the mixture's total_tokens / (global_batch_size x seq_len)); epochs per source
     follow from it and `max_epochs` is enforced. process_index / process_count default to
     jax.process_index() / jax.process_count(). vocab_size: the model's; a store holding a
-    token id >= vocab_size is refused at open (StoreError naming it).
+    token id >= vocab_size is refused at open (StoreError naming it). heldout_tokens: carve
+    that many held-out tokens out of each source without a held-out store, never trained on
+    (phi4_jax/data/heldout.py).
     """
     if process_index is None or process_count is None:
         import jax  # noqa: PLC0415 (only when the caller does not say which host this is)
@@ -224,7 +237,8 @@ def build_iterator(mixture: Mixture | str, *, seq_len: int, global_batch_size: i
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     data = MixtureData(mixture, seq_len=seq_len, global_batch_size=global_batch_size,
                        num_steps=num_steps, seed=seed, data_root=data_root,
-                       best_fit_window=best_fit_window, vocab_size=vocab_size)
+                       best_fit_window=best_fit_window, vocab_size=vocab_size,
+                       heldout_tokens=heldout_tokens)
     return DataIterator(data, process_index, process_count, num_threads=num_threads,
                         prefetch=prefetch, provenance=provenance)
 
@@ -232,7 +246,7 @@ def build_iterator(mixture: Mixture | str, *, seq_len: int, global_batch_size: i
 def build_from_config(data: Any, *, global_batch_size: int, num_steps: int | None = None,
                       process_index: int | None = None,
                       process_count: int | None = None,
-                      vocab_size: int | None = None) -> DataIterator:
+                      vocab_size: int | None = None, heldout_tokens: int = 0) -> DataIterator:
     """build_iterator for a run's typed `data` section (`phi4_jax.train.config.DataConfig`,
     or any object with its attributes): mixture (a registered name such as 'embedded' or
     'phi4_pretrain', a module or a file; mixture.load_mixture), seq_len, seed, cache_dir (where
@@ -243,7 +257,7 @@ def build_from_config(data: Any, *, global_batch_size: int, num_steps: int | Non
     return build_iterator(mixture, seq_len=data.seq_len, global_batch_size=global_batch_size,
                           num_steps=num_steps, seed=data.seed, data_root=data.data_root,
                           process_index=process_index, process_count=process_count,
-                          vocab_size=vocab_size)
+                          vocab_size=vocab_size, heldout_tokens=heldout_tokens)
 
 
 def store_entry(path: str, manifest: Any) -> dict[str, Any]:

@@ -90,17 +90,25 @@ class _Layout:
 
     packing: str
 
-    def __init__(self, store: StoreReader, seq_len: int, seed: int, name: str | None = None):
+    def __init__(self, store: StoreReader, seq_len: int, seed: int, name: str | None = None,
+                 docs: np.ndarray | None = None):
         self.store, self.seq_len, self.seed = store, seq_len, seed
         self.name = name or store.name
-        self.lengths = store.doc_lengths()
-        self.unique_tokens = int(store.num_tokens)
+        # `docs`: the store's documents this layout reads (a held-out slice excluded); the
+        # layout permutes and packs positions into it, `_global` maps them back to documents.
+        self.docs = None if docs is None else np.asarray(docs, np.int64)
+        lengths = store.doc_lengths()
+        self.lengths = lengths if self.docs is None else lengths[self.docs]
+        self.unique_tokens = int(store.num_tokens if self.docs is None else self.lengths.sum())
         if self.unique_tokens == 0:
             raise ValueError(f"source {self.name!r}: store {store.path} is empty")
         self._epoch = _EpochCache(self._build_epoch)
 
     def _build_epoch(self, epoch: int) -> tuple[np.ndarray, ...]:
         raise NotImplementedError
+
+    def _global(self, local: np.ndarray) -> np.ndarray:
+        return local if self.docs is None else self.docs[local]
 
 
 class ConcatLayout(_Layout):
@@ -109,7 +117,7 @@ class ConcatLayout(_Layout):
     def _build_epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         perm = epoch_permutation(len(self.lengths), self.seed, self.name, epoch)
         cum = np.concatenate([[0], np.cumsum(self.lengths[perm])])
-        return perm, cum
+        return self._global(perm), cum
 
     def fill(self) -> float:
         return 1.0
@@ -170,8 +178,8 @@ class BestFitLayout(_Layout):
     packing = "best_fit"
 
     def __init__(self, store: StoreReader, seq_len: int, seed: int, name: str | None = None,
-                 window: int = 2048):
-        super().__init__(store, seq_len, seed, name)
+                 window: int = 2048, docs: np.ndarray | None = None):
+        super().__init__(store, seq_len, seed, name, docs)
         self.window = window
         self._row_starts = [0]  # cumulative rows per epoch, extended on demand
         self._lock = threading.Lock()
@@ -193,7 +201,7 @@ class BestFitLayout(_Layout):
                 rows.append([w0 + i for i in bins[b]])
         flat = np.fromiter((i for r in rows for i in r), np.int64, count=doc.size)
         row_ptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
-        return doc[flat], start[flat], length[flat], row_ptr
+        return self._global(doc[flat]), start[flat], length[flat], row_ptr
 
     def epoch_rows(self, epoch: int) -> int:
         return len(self._epoch(epoch)[3]) - 1
@@ -231,11 +239,13 @@ class BestFitLayout(_Layout):
 
 
 def make_layout(store: StoreReader, packing: str, seq_len: int, seed: int, name: str,
-                window: int = 2048) -> ConcatLayout | BestFitLayout:
+                window: int = 2048, docs: np.ndarray | None = None
+                ) -> ConcatLayout | BestFitLayout:
+    """`docs`: the documents to lay out (default: all of the store's)."""
     if packing == "concat":
-        return ConcatLayout(store, seq_len, seed, name)
+        return ConcatLayout(store, seq_len, seed, name, docs)
     if packing == "best_fit":
-        return BestFitLayout(store, seq_len, seed, name, window)
+        return BestFitLayout(store, seq_len, seed, name, window, docs)
     raise ValueError(f"source {name!r}: unknown packing {packing!r}")
 
 

@@ -123,6 +123,34 @@ class LogConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The `eval` section (phi4_jax.train.evaluation): evaluation during training."""
+
+    every: int  # steps between evaluations (and at train.steps); 0: never
+    heldout_rows: int  # held-out rows of data.seq_len per source (0: no held-out loss)
+    batch_size: int  # held-out rows per eval batch (divides heldout_rows)
+    tasks: tuple[str, ...]  # phi4_jax.eval task specs (e.g. 'mc:PATH.jsonl') on the live model
+    task_limit: int | None  # first N examples of each task; None: all
+    task_batch_size: int  # rows per scoring batch of the tasks
+
+    def __post_init__(self) -> None:
+        for name in ("every", "heldout_rows"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 0")
+        for name in ("batch_size", "task_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"eval.{name}={getattr(self, name)} must be positive")
+        if self.heldout_rows % self.batch_size:
+            raise ConfigError(f"eval.heldout_rows={self.heldout_rows} is not a multiple of "
+                              f"eval.batch_size={self.batch_size}")
+        if self.task_limit is not None and self.task_limit <= 0:
+            raise ConfigError(f"eval.task_limit={self.task_limit} must be positive (None: all)")
+        if self.every and not (self.heldout_rows or self.tasks):
+            raise ConfigError(f"eval.every={self.every} but there is nothing to evaluate: set "
+                              "eval.heldout_rows and/or eval.tasks (or eval.every=0)")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """A whole experiment, typed. `sections` holds the registered objectives' own sections."""
 
@@ -134,6 +162,7 @@ class RunConfig:
     optimizer: OptimizerConfig
     train: TrainConfig
     log: LogConfig
+    eval: EvalConfig
     sections: Mapping[str, Any]  # objective section key -> its dataclass, those present
     experiment: Mapping[str, Any]  # the experiment as JSON (config.json, checkpoints, W&B)
 
@@ -159,7 +188,7 @@ class RunConfig:
         extra = objectives.sections()
         core = {"name": str, "objective": str, "model": ModelConfig, "mesh": MeshConfig,
                 "data": DataConfig, "optimizer": OptimizerConfig, "train": TrainConfig,
-                "log": LogConfig}
+                "log": LogConfig, "eval": EvalConfig}
         objective = coerce(raw.get("objective"), str, "objective")
         if objective not in objectives.names():
             raise ConfigError(f"objective={objective!r} is not registered; objectives: "
@@ -176,6 +205,7 @@ class RunConfig:
                    optimizer=to_section(OptimizerConfig, raw["optimizer"], "optimizer"),
                    train=to_section(TrainConfig, raw["train"], "train"),
                    log=to_section(LogConfig, raw["log"], "log"),
+                   eval=to_section(EvalConfig, raw["eval"], "eval"),
                    sections={k: to_section(c, raw[k], k) for k, c in extra.items()
                              if k in raw},
                    experiment=experiment)

@@ -89,14 +89,16 @@ class SyntheticIterator(StepIterator):
 
 
 def build_iterator(data: DataConfig, *, global_batch: int, steps: int, vocab_size: int,
-                   host: int, host_count: int) -> Any:
+                   host: int, host_count: int, heldout_tokens: int = 0) -> Any:
     """This host's next-token iterator for a run's `data` section.
 
     data.source: 'synthetic' (SyntheticIterator) or 'mixture': the data engine's pipeline
     (`phi4_jax.data.pipeline.build_from_config`) over `data.mixture` ('embedded', a
     data_mixtures/ name or a file), with `steps` as the training length, so each source's epochs
     follow from the run's length (changing train.steps changes the data plan; the data engine
-    refuses to resume a checkpoint written under another plan).
+    refuses to resume a checkpoint written under another plan). heldout_tokens: carved out of
+    each mixture source and never trained on (phi4_jax/data/heldout.py); the synthetic
+    stream's held-out rows are a stream of their own (`heldout_batches`).
     """
     if data.source == "synthetic":
         return SyntheticIterator(batch_size=global_batch // host_count, seq_len=data.seq_len,
@@ -110,5 +112,26 @@ def build_iterator(data: DataConfig, *, global_batch: int, steps: int, vocab_siz
                              "produces")
         return pipeline.build_from_config(data, global_batch_size=global_batch, num_steps=steps,
                                           process_index=host, process_count=host_count,
-                                          vocab_size=vocab_size)
+                                          vocab_size=vocab_size, heldout_tokens=heldout_tokens)
     raise ValueError(f"data.source={data.source!r}; choose one of {list(SOURCES)}")
+
+
+HELDOUT_HOST = 2**31 - 1  # the synthetic held-out stream: a "host" no run has
+
+
+def heldout_batches(data: DataConfig, *, rows: int, vocab_size: int
+                    ) -> dict[str, dict[str, np.ndarray]]:
+    """Source name -> `rows` held-out rows (global, identical on every host) of a run's data:
+    each mixture source's held-out slice or store, or the synthetic stream's own."""
+    if data.source == "synthetic":
+        stream = SyntheticIterator(batch_size=rows, seq_len=data.seq_len, vocab_size=vocab_size,
+                                   seed=data.seed, host=HELDOUT_HOST)
+        return {"synthetic": stream.batch(0)}
+    if data.source == "mixture":
+        from phi4_jax.data.heldout import heldout_batches as of_mixture
+        from phi4_jax.data.mixture import load_mixture
+
+        mixture = load_mixture(data.mixture, cache_dir=data.cache_dir).resolve(data.data_root)
+        return of_mixture(mixture, rows=rows, seq_len=data.seq_len, seed=data.seed)
+    raise ValueError(f"held-out loss (eval.heldout_rows) reads next-token data; data.source="
+                     f"{data.source!r} is none of {list(SOURCES)}")

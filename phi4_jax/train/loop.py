@@ -16,6 +16,8 @@ dir fails at once, naming the holder), then trains:
                    the data source), checked before the step compiles
     each step      put this host's batch on the mesh, run the compiled step, then fetch the
                    PREVIOUS step's metrics (the host never waits on the step in flight)
+    evaluation     every eval.every steps and at the end: held-out loss per source (and eval.tasks)
+                   on the step's parameters, merged into that step's metrics row
     checkpoints    every train.checkpoint_every steps and at the end, asynchronously, with the
                    data iterator state, after this step's metrics row is on disk (fsync);
                    SIGTERM (preemption) saves at the next step and exits
@@ -46,7 +48,7 @@ from phi4_jax import runs
 from phi4_jax.sharding import mesh as mesh_lib
 from phi4_jax.sharding import rules as rules_lib
 from phi4_jax.train import checkpoint as ckpt_lib
-from phi4_jax.train import flops, objectives, optimizer, program
+from phi4_jax.train import evaluation, flops, objectives, optimizer, program
 from phi4_jax.train import workdir as workdir_lib
 from phi4_jax.train.config import RunConfig, TrainConfig
 from phi4_jax.train.metrics import MetricLogger, last_logged
@@ -199,6 +201,8 @@ def _run(run_config: RunConfig, prog: program.Program, workdir: str,
             state, start = _fresh_state(prog, train)
         batch = next(data)
         check_token_ids(batch, prog.model_config.vocab_size, run_config)
+        # held-out rows on the mesh, the eval step compiled (eval.tasks' scorer checked)
+        evaluator = evaluation.Evaluator(run_config, prog) if run_config.eval.every else None
     except BaseException:
         _close_quietly(checkpoints)
         raise
@@ -240,6 +244,8 @@ def _run(run_config: RunConfig, prog: program.Program, workdir: str,
                 state, metrics = step_fn(state, prog.put_batch(batch))
                 batch = None
                 step += 1
+                if evaluator is not None and evaluation.due(step, run_config):
+                    metrics = {**metrics, **evaluator(state.params)}  # fetched with the step's
                 if pending is not None:
                     last = _report(logger, *pending, train.max_nonfinite_in_row, saved)
                 pending = (step, metrics)

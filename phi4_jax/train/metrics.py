@@ -5,7 +5,9 @@ appends the steps it redoes again, the last record of a step wins), flushed to t
 (a killed process loses no row) and fsynced by `sync()`, which the loop calls before each
 checkpoint save: every row up to a checkpoint's step is on disk before the checkpoint is. Every
 `log_every` steps the console gets one line with rate and ETA and TensorBoard gets all scalars
-plus the derived throughput (tokens/s, step time, model FLOP/s, MFU).
+plus the derived throughput (tokens/s, step time, model FLOP/s, MFU). Evaluation scalars
+(`eval/...`, phi4_jax/train/evaluation.py) ride in their step's row, get a console line of
+their own and go to TensorBoard under their own names on any step.
 """
 
 from __future__ import annotations
@@ -90,16 +92,23 @@ class MetricLogger:
             return values if logged else None
         self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self._jsonl.flush()
-        if not logged:
+        evals = {k: v for k, v in values.items() if k.startswith("eval/")}
+        if evals:  # evaluation rows are shown whether or not the step is a log step
+            print(f"eval step {step}: " + " | ".join(
+                f"{k.removeprefix('eval/')} {v:.4f}" for k, v in evals.items()), flush=True)
+        if not logged and not evals:
             return None
-        print(self.line(step, values), flush=True)
+        shown = values if logged else evals
+        if logged:
+            print(self.line(step, values), flush=True)
         if self._tb:
-            for name, value in values.items():
-                self._tb.add_scalar(f"train/{name}", value, step)
+            for name, value in shown.items():
+                self._tb.add_scalar(name if name in evals else f"train/{name}", value, step)
             self._tb.flush()
         if self._wandb:
-            self._wandb.log({f"train/{k}": v for k, v in values.items()}, step=step)
-        return values
+            self._wandb.log({k if k in evals else f"train/{k}": v for k, v in shown.items()},
+                            step=step)
+        return values if logged else None
 
     def line(self, step: int, v: Mapping[str, float]) -> str:
         parts = [f"step {step:>{len(str(self.total_steps))}}/{self.total_steps} "

@@ -128,7 +128,8 @@ class NextToken(Objective):
         del workdir
         return inputs_lib.build_iterator(
             run.data, global_batch=run.train.global_batch, steps=run.train.steps,
-            vocab_size=program.model_config.vocab_size, host=host, host_count=host_count)
+            vocab_size=program.model_config.vocab_size, host=host, host_count=host_count,
+            heldout_tokens=run.eval.heldout_rows * run.data.seq_len)
 
 
 def next_token(run: RunConfig) -> NextToken:

@@ -27,4 +27,5 @@ def tiny_config(**train):
     c.train.update(dict(global_batch=8, loss_vocab_chunks=4, steps=6, checkpoint_every=3,
                         log_every=1, peak_flops=1e12))
     c.train.update(train)
+    c.eval.every = 0  # tests/train/test_evaluation.py turns it on
     return c
