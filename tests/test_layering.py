@@ -31,6 +31,8 @@ ALLOWED: dict[str, set[str]] = {
     "inference": {"cli", "io", "model", "sharding"},
     "data": {"cli", "io", "phi4_jax.runs"},  # prepare's main writes its run record
     "synth": {"cli", "io", "phi4_jax.runs"},  # synth.run's main writes its run record
+    # organic curation: stages and the annotation workflow on the engine; GGUF embedders
+    "curate": {"cli", "io", "synth", "convert"},
     "posttrain": {"phi4_jax", "cli", "convert", "data", "inference", "io", "model", "runs",
                   "sharding", "synth"},
     "runs": {"cli", "io"},  # reads store manifests as JSON; the launcher resolves mixtures
