@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     paths = [p for pattern in args.input for p in sorted(glob.glob(pattern))]
     if not paths:
-        raise cli.UsageError(f"--input {args.input}: names no file")
+        raise cli.UsageError(f"--input {', '.join(args.input)}: names no file")
     if min(args.ngram, args.bands, args.rows) < 1:
         raise cli.UsageError("--ngram, --bands and --rows must be >= 1")
     config = MinHashConfig(args.ngram, args.bands, args.rows, args.seed)
