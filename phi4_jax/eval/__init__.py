@@ -6,7 +6,7 @@
     tasks.py       --tasks names -> examples (local MC JSONL, BIG-bench, HumanEval, CHAMP, ...)
     runners.py     one runner per task kind; `summarize` (value and standard error per metric)
     code_task.py   HumanEval pass@k in the sandbox (phi4_jax.synth)
-    math_check.py  math-verify in a worker subprocess with a timeout
+    (math: phi4_jax.synth.math_verify, math-verify in a worker subprocess with a timeout)
     graders.py     SimpleQA graders: rule-based (the refusal workflow's) and LLM
     evaluate.py    `evaluate`: runs tasks, writes results.json, samples/, TensorBoard
 

@@ -60,7 +60,7 @@ def run_champ(lm: Any, docs: Sequence[dict[str, Any]], *, max_tokens: int, seed:
               timeout_s: float, progress: Any = None) -> list[dict[str, Any]]:
     """Greedy solutions, checked against the gold answer by math-verify in a worker process:
     `correct` is 1 for equal; `error` marks pairs math-verify could not decide in time."""
-    from phi4_jax.eval.math_check import MathVerifier
+    from phi4_jax.synth.math_verify import MathVerifier
 
     prompts = [MATH_PROMPT.format(problem=d["problem"]) for d in docs]
     replies = lm.generate(prompts, max_tokens=max_tokens, temperature=0.0, seed=seed,

@@ -220,6 +220,7 @@ def create_app(served: Served, settings: Settings = Settings()) -> FastAPI:
     async def chat_completions(request: Request) -> Any:
         req = p.parse(p.ChatRequest, await body(request))
         check_model(req.model)
+        req.check_unsupported()  # before rendering: continue_final_message shapes the prompt
         prompt = chat_prompt(req.messages, codec, continue_final=req.continue_final_message)
         room = config.max_seq_len - len(prompt)
         asked = req.max_completion_tokens or req.max_tokens

@@ -70,10 +70,15 @@ def chat_prompt(messages: Sequence[Any], codec: Any, *, continue_final: bool = F
             raise bad(f"messages[{k}].role: {m.role!r} is not supported (system, developer, "
                       "user, assistant)", f"messages[{k}].role")
         rendered.append({"role": role, "content": m.text()})
-    prefix = rendered.pop()["content"] if continue_final else None
-    if continue_final and not rendered:
-        raise bad("messages: continue_final_message needs a message before the assistant's",
-                  "messages")
+    prefix = None
+    if continue_final:
+        if rendered[-1]["role"] != "assistant":
+            raise bad("continue_final_message: the last message must be the assistant's",
+                      "continue_final_message")
+        prefix = rendered.pop()["content"]
+        if not rendered:
+            raise bad("messages: continue_final_message needs a message before the "
+                      "assistant's", "messages")
     try:
         ids = codec.render_chat(rendered)
         return ids + codec.encode(prefix) if prefix else ids

@@ -1,5 +1,5 @@
 """Math answer equivalence with `math-verify`, in a worker subprocess with a timeout: shared by
-the evaluation harness (CHAMP, `phi4_jax.eval.math_check` re-exports it), the data workflows
+the evaluation harness (CHAMP), the data workflows
 (majority vote, validation: `phi4_jax.synth.recipes`) and, for `parse_gold`, the PTS math oracle.
 
     with MathVerifier(timeout_s=10) as v:
@@ -12,7 +12,7 @@ started for the next pair). The worker runs math-verify in its main thread, so m
 own signal.alarm timeouts work too. A bare gold answer ("2^{997}") is read as math first (wrapped
 in $...$), as math-verify advises and the PTS math oracle does.
 
-Run as `python -m phi4_jax.synth.math_verify` it is the worker: one JSON pair per stdin line, one
+The worker is `phi4_jax.synth._math_verify_worker`: one JSON pair per stdin line, one
 {"outcome"} per stdout line.
 """
 
@@ -40,29 +40,6 @@ def parse_gold(gold: str, timeout_s: int | None) -> list[Any]:
     return parsed or parse(g, parsing_timeout=timeout_s)
 
 
-def _outcome(gold: str, answer: str, timeout_s: int) -> str:
-    from math_verify import parse, verify
-
-    try:
-        parsed = parse_gold(gold, timeout_s)
-        if not parsed:
-            return "error"
-        pred = parse(answer, parsing_timeout=timeout_s)
-        if not pred:
-            return "not_equal"
-        return "equal" if verify(parsed, pred, timeout_seconds=timeout_s) else "not_equal"
-    except Exception:  # math-verify raises on pathological input
-        return "error"
-
-
-def _worker() -> None:
-    timeout = int(os.environ.get("PHI4_MATH_TIMEOUT", "5"))
-    for line in sys.stdin:
-        pair = json.loads(line)
-        print(json.dumps({"outcome": _outcome(pair["gold"], pair["answer"], timeout)}),
-              flush=True)
-
-
 class MathVerifier:
     """A long-lived worker process; `check` waits at most `timeout_s` for each pair."""
 
@@ -81,7 +58,7 @@ class MathVerifier:
         if self._proc is None or self._proc.poll() is not None:
             env = dict(os.environ, PHI4_MATH_TIMEOUT=str(max(int(self.timeout_s), 1)))
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "phi4_jax.synth.math_verify"], stdin=subprocess.PIPE,
+                [sys.executable, "-m", "phi4_jax.synth._math_verify_worker"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
             self._fresh = True
         return self._proc
@@ -111,7 +88,3 @@ class MathVerifier:
                 self._proc.kill()
             self._proc.wait()
             self._proc = None
-
-
-if __name__ == "__main__":
-    _worker()

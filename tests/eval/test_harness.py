@@ -161,7 +161,7 @@ def test_humaneval_pass_at_k_in_the_sandbox():
 
 
 def test_champ_math_verify_in_a_worker():
-    from phi4_jax.eval.math_check import MathVerifier
+    from phi4_jax.synth.math_verify import MathVerifier
     from phi4_jax.eval.runners import run_champ
 
     docs = load_task("champ").docs[:3]

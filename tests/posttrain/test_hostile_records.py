@@ -83,7 +83,8 @@ def test_a_non_finite_or_hostile_score_is_a_parse_error(score):
 class ReplyContext:
     """A stage context whose judge reply depends on the candidate text it reviews."""
 
-    params = {"attempts": 2, "max_tokens": 64, "json_mode": False}
+    params = {"attempts": 2, "max_tokens": 64, "json_mode": False, "prefill": "",
+              "temperature": 0.0}
     templates = {"system": JUDGE_SYSTEM}
 
     def __init__(self, replies: dict[str, str]):

@@ -140,7 +140,8 @@ def test_a_corrupt_newest_checkpoint_costs_one_line(tmp_path, env, uninterrupted
     assert len(corrupt) == 1 and f"checkpoint step {STEPS} is corrupt" in corrupt[0], out
     assert f"restoring step {STEPS - 4}" in corrupt[0] and "Traceback" not in out
     assert f"start from checkpoint at step {STEPS - 4}" in out
-    assert len(lines) == 1 + 1 + 4, out  # the corrupt line, the header, 4 steps
+    # the corrupt line, the header, 4 steps, the final held-out evaluation (tiny_pretrain's)
+    assert len(lines) == 1 + 1 + 4 + 1 and lines[-2].startswith(f"eval step {STEPS}:"), out
     assert losses(workdir) == uninterrupted
 
 
