@@ -161,8 +161,8 @@ def test_humaneval_pass_at_k_in_the_sandbox():
 
 
 def test_champ_math_verify_in_a_worker():
-    from phi4_jax.synth.math_verify import MathVerifier
     from phi4_jax.eval.runners import run_champ
+    from phi4_jax.synth.math_verify import MathVerifier
 
     docs = load_task("champ").docs[:3]
     replies = {0: f"So the answer is $\\boxed{{{docs[0]['answer']}}}$.", 1: "The answer is 7.5",
