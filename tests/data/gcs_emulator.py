@@ -3,13 +3,14 @@
 `start()` runs it as a subprocess on 127.0.0.1 on a free port with an in-memory bucket and
 returns the process and the URL that TENSORSTORE_GCS_HTTP_URL must name.
 
-One gap of the emulator is closed when it starts (`python -m tests.data.gcs_emulator ARGS`, the
-emulator's own arguments): its media downloads carry no `x-goog-generation` header, which real
-GCS always sends and tensorstore needs to read a zarr3 shard's chunks consistently with the
-shard's index ("Malformed StorageGeneration" otherwise). Everything else is the emulator as is.
-Two more gaps are avoided by the store code rather than patched: listings ignore
-startOffset/endOffset (the stores never list or delete key ranges) and suffix byte ranges are
-refused (shard indexes are stored at the start of each shard).
+Two gaps of the emulator are closed when it starts (`python -m tests.data.gcs_emulator ARGS`,
+the emulator's own arguments): its media downloads carry no `x-goog-generation` header, which
+real GCS always sends and tensorstore needs to read a zarr3 shard's chunks consistently with the
+shard's index ("Malformed StorageGeneration" otherwise); and its listings ignore
+startOffset/endOffset, which tensorstore's key-range listings use: given objects outside the
+range (another store's, in the same bucket), tensorstore aborts (std::out_of_range). Everything
+else is the emulator as is. One more gap is avoided by the store code rather than patched:
+suffix byte ranges are refused (shard indexes are stored at the start of each shard).
 """
 
 from __future__ import annotations
@@ -70,7 +71,26 @@ def _serve(argv: list[str]) -> None:
         response["x-goog-generation"] = str(obj["generation"])
         response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
 
+    listing = objects.ls
+
+    def ls_with_offsets(request, response, storage, *args, **kwargs):
+        # GCS lists [startOffset, endOffset) when asked; tensorstore's gcs kvstore lists key
+        # ranges that way, and an unfiltered listing (other prefixes' objects) crashes it.
+        start = (request.query.get("startOffset") or [None])[0]
+        end = (request.query.get("endOffset") or [None])[0]
+        write_json = response.json
+
+        def in_range(obj):
+            obj["items"] = [i for i in obj.get("items") or []
+                            if (start is None or i["name"] >= start)
+                            and (end is None or i["name"] < end)]
+            write_json(obj)
+
+        response.json = in_range
+        listing(request, response, storage, *args, **kwargs)
+
     objects.download = download_with_generation  # before the server module binds its routes
+    objects.ls = ls_with_offsets
     from gcp_storage_emulator.__main__ import main  # noqa: PLC0415
 
     main(argv)
