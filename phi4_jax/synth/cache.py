@@ -146,12 +146,13 @@ class ResponseCache:
         self.__init__(state["path"], timeout_s=state["timeout_s"])
 
 
-def _resolve(future: asyncio.Future, error: BaseException | None) -> None:
-    if not future.done():
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+def _resolve(futures: list[asyncio.Future], error: BaseException | None) -> None:
+    for future in futures:
+        if not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
 
 class _Writer(threading.Thread):
@@ -181,7 +182,10 @@ class _Writer(threading.Thread):
                                             for k, v in entries.items()])
                 except Exception as e:  # noqa: BLE001 - handed to every waiting coroutine
                     error = e
+                waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
                 for _, loop, future in batch:
-                    loop.call_soon_threadsafe(_resolve, future, error)
+                    waiting.setdefault(loop, []).append(future)
+                for loop, futures in waiting.items():  # one wake-up per loop and commit
+                    loop.call_soon_threadsafe(_resolve, futures, error)
         finally:
             db.close()
