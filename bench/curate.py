@@ -37,19 +37,10 @@ import tempfile
 import time
 
 import numpy as np
+from host import cpu_model  # bench/host.py: this folder is sys.path[0]
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def corpus(megabytes: float, items) -> list[tuple[str, str]]:

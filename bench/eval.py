@@ -23,21 +23,11 @@ import subprocess
 import sys
 import tempfile
 
+from host import cpu_model  # bench/host.py: this folder is sys.path[0]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 2e-4  # nats, as tests/eval/test_lm_eval_parity.py
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def questions(n: int, seed: int = 0) -> list[dict]:

@@ -31,21 +31,11 @@ import subprocess
 import sys
 import time
 
+from host import cpu_model  # bench/host.py: this folder is sys.path[0]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES, ROLLOUTS, NEW, PREFIX_LEN = 8, 16, 64, 200
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def prefixes() -> list[list[int]]:
