@@ -189,7 +189,27 @@ class ContentDigest:
                         checksums=checksums, storage=storage)
 
 
-class StoreWriter:
+class DigestingWriter:
+    """What every store writer shares: documents are checked and digested (`self.digest`, a
+    ContentDigest the subclass makes), then handed to the format's `_write`."""
+
+    digest: ContentDigest
+
+    @property
+    def num_tokens(self) -> int:
+        return self.digest.num_tokens
+
+    def append(self, tokens: np.ndarray, doc_lengths: np.ndarray,
+               loss_mask: np.ndarray | None = None) -> None:
+        """Appends documents given as their concatenated tokens and per-document lengths."""
+        tokens, mask = self.digest.update(tokens, doc_lengths, loss_mask)
+        self._write(tokens, mask)
+
+    def _write(self, tokens: np.ndarray, mask: np.ndarray | None) -> None:
+        raise NotImplementedError
+
+
+class StoreWriter(DigestingWriter):
     """Streams documents into a new store; `finish()` renames the files into place, manifest last.
 
     A crash before `finish` leaves no manifest, so readers refuse the partial store.
@@ -206,14 +226,7 @@ class StoreWriter:
                       if with_loss_mask else None)
         self.digest = ContentDigest(path, with_loss_mask)
 
-    @property
-    def num_tokens(self) -> int:
-        return self.digest.num_tokens
-
-    def append(self, tokens: np.ndarray, doc_lengths: np.ndarray,
-               loss_mask: np.ndarray | None = None) -> None:
-        """Appends documents given as their concatenated tokens and per-document lengths."""
-        tokens, mask = self.digest.update(tokens, doc_lengths, loss_mask)
+    def _write(self, tokens: np.ndarray, mask: np.ndarray | None) -> None:
         self._tokens.write(tokens.tobytes())
         if mask is not None:
             self._mask.write(mask.tobytes())

@@ -40,6 +40,7 @@ import tensorstore as ts
 from phi4_jax.data.store import (
     MANIFEST,
     ContentDigest,
+    DigestingWriter,
     Manifest,
     StoreError,
     StoreReader,
@@ -149,7 +150,7 @@ def _create(path: str, name: str, metadata: dict[str, Any]) -> ts.TensorStore:
                    context=context()).result()
 
 
-class ZarrStoreWriter:
+class ZarrStoreWriter(DigestingWriter):
     """Streams documents into a zarr3 store at `path` (a URL or local directory); writes whole
     shards as they fill, the offsets and then the manifest at `finish()`. Until then the store
     has no manifest (an existing one is deleted first), so readers refuse it."""
@@ -175,14 +176,7 @@ class ZarrStoreWriter:
         self._pending: dict[str, list[np.ndarray]] = {n: [] for n in names}
         self._pending_size, self._written = 0, 0
 
-    @property
-    def num_tokens(self) -> int:
-        return self.digest.num_tokens
-
-    def append(self, tokens: np.ndarray, doc_lengths: np.ndarray,
-               loss_mask: np.ndarray | None = None) -> None:
-        """Appends documents given as their concatenated tokens and per-document lengths."""
-        tokens, mask = self.digest.update(tokens, doc_lengths, loss_mask)
+    def _write(self, tokens: np.ndarray, mask: np.ndarray | None) -> None:
         self._pending["tokens"].append(tokens)
         if mask is not None:
             self._pending["loss_mask"].append(mask)
