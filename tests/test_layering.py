@@ -32,9 +32,11 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"cli", "io", "phi4_jax.runs"},  # prepare's main writes its run record
     "synth": {"cli", "io", "phi4_jax.runs"},  # synth.run's main writes its run record
     # organic curation: stages and the annotation workflow on the engine; GGUF embedders
-    "curate": {"cli", "io", "synth", "convert"},
+    "curate": {"cli", "io", "synth", "convert",
+               "phi4_jax.serve.local"},  # e2e: starts `python -m phi4_jax.serve` (stdlib only)
     "posttrain": {"phi4_jax", "cli", "convert", "data", "inference", "io", "model", "runs",
-                  "sharding", "synth"},
+                  "phi4_jax.serve.local", "sharding", "synth"},
+    "seqio": {"data", "eval"},  # the [seqio] extra: mixtures, stores and eval tasks as Tasks
     "runs": {"cli", "io"},  # reads store manifests as JSON; the launcher resolves mixtures
     "serve": {"cli", "convert", "data", "inference", "io", "model", "sharding", "train"},
     "train": {"cli", "data", "io", "model", "runs", "sharding", "phi4_jax.posttrain.records"},

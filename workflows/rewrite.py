@@ -6,7 +6,8 @@ reasoning task (one template per dataset type), each then self-revised against a
 
 Input: JSONL seeds {"id", "text"} (e.g. seed_curation's seeds.jsonl). Add a dataset type by
 adding templates/rewrite_NAME.txt and NAME to TYPES. ARG: "local" and the key=value options of
-`DEFAULTS`.
+`DEFAULTS`; `revise=false` exports the rewrites without self-revision (a model too small to
+write the critique's JSON, as in phi4_jax.synth.e2e).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from phi4_jax.synth.recipes.rewrite import revision_stage
 R = "phi4_jax.synth.recipes.rewrite:"
 TYPES = ("exercise", "discussion", "reasoning")
 DEFAULTS = {**MODEL_DEFAULTS, "inputs": "data/seeds.jsonl", "max_tokens": 1024,
-            "max_rounds": 3, "min_gain": 0.0, "shard_size": 32}
+            "max_rounds": 3, "min_gain": 0.0, "revise": True, "reject_truncated": True,
+            "shard_size": 32}
 
 
 def get_config(arg: str | None = None) -> dict:
@@ -30,10 +32,10 @@ def get_config(arg: str | None = None) -> dict:
         "stages": [
             {"name": "rewritten", "kind": "python", "fn": R + "rewrite", "model": "teacher",
              "templates": {t: f"templates/rewrite_{t}.txt" for t in TYPES},
-             "params": {"types": list(TYPES),
+             "params": {"types": list(TYPES), "reject_truncated": o["reject_truncated"],
                         "sampling": {"temperature": 0.7, "max_tokens": o["max_tokens"],
                                      "seed": 0}}},
-            revision_stage(o),
+            *([revision_stage(o)] if o["revise"] else []),
         ],
-        "exports": {"revised": "rewritten.jsonl"},
+        "exports": {"revised" if o["revise"] else "rewritten": "rewritten.jsonl"},
     }

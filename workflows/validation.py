@@ -4,8 +4,10 @@ checked against the reference answer by math-verify.
 
     python -m phi4_jax.synth.run workflows/validation.py:inputs=synthetic.jsonl --output=out/v
 
-Input: JSONL {"id", "kind": "code", "code", "tests", "entry_point"?} or {"id", "kind": "math",
-"solution", "answer"}. No model is asked. ARG: the key=value options of `DEFAULTS`.
+Input: JSONL {"id", "kind": "code", "code", "tests", "entry_point"?}, {"id", "kind": "math",
+"solution", "answer"} or {"id", "kind": "text", "text"} (each fenced Python block of the text is
+run; a text without code passes as `no_code`); a record without `kind` is read by its fields.
+No model is asked. ARG: the key=value options of `DEFAULTS`.
 """
 
 from __future__ import annotations

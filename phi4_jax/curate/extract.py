@@ -82,6 +82,13 @@ def mathml_to_tex(html: str) -> str:
     return _MATH.sub(_math_replacement, html)
 
 
+# Spaces that HTML writes as entities (&nbsp;, &#8239;, ...) become plain spaces and zero-width
+# characters go: pydoc-style pages put &nbsp; between every word, and a tokenizer would learn
+# U+00A0 words.
+_SPACES = str.maketrans({"\u00a0": " ", "\u2007": " ", "\u202f": " ", "\u2009": " ",
+                         "\u200b": None, "\ufeff": None})
+
+
 def html_to_text(html: str, backend: str = "resiliparse", *, math: bool = True) -> str:
     """The main content of a page as text (module docstring)."""
     if math:
@@ -89,14 +96,16 @@ def html_to_text(html: str, backend: str = "resiliparse", *, math: bool = True) 
     if backend == "resiliparse":
         from resiliparse.extract.html2text import extract_plain_text
 
-        return extract_plain_text(html, main_content=True, preserve_formatting=True,
-                                  alt_texts=False).strip()
-    if backend == "trafilatura":
+        text = extract_plain_text(html, main_content=True, preserve_formatting=True,
+                                  alt_texts=False)
+    elif backend == "trafilatura":
         import trafilatura
 
-        return (trafilatura.extract(html, include_formatting=True, include_tables=True,
-                                    favor_recall=True, output_format="txt") or "").strip()
-    raise ValueError(f"extractor {backend!r}: one of {BACKENDS}")
+        text = trafilatura.extract(html, include_formatting=True, include_tables=True,
+                                   favor_recall=True, output_format="txt") or ""
+    else:
+        raise ValueError(f"extractor {backend!r}: one of {BACKENDS}")
+    return text.translate(_SPACES).strip()
 
 
 def kept_fraction(text: str, patterns: list[str]) -> float:

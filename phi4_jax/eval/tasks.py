@@ -167,7 +167,7 @@ def load_ppl(path: str) -> Task:
 
         store = open_store(path)
         docs = [{"id": str(i), "tokens": store.document(i).tolist()}
-                for i in range(len(store.doc_lengths))]
+                for i in range(store.num_documents)]
     elif path.endswith((".jsonl", ".jsonl.gz")):
         docs = [{"id": str(r.get("id", n)), "text": str(r["text"])}
                 for n, r in enumerate(_jsonl(path)) if "text" in r]

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 
 from phi4_jax import cli
+from phi4_jax.cli import run_step as step
+from phi4_jax.serve.local import serving
 
 PROG = "python -m phi4_jax.posttrain.e2e"
 # A 135M judge does not write the rubric's JSON on its own (it answers in prose); started inside
@@ -40,34 +39,6 @@ TRIVIA = [("Capital of France?", "Paris"), ("Color of the sky?", "blue"),
           ("Largest planet?", "Jupiter"), ("Author of Hamlet?", "Shakespeare"),
           ("Freezing point of water in Celsius?", "0"), ("Opposite of hot?", "cold"),
           ("Number of legs of a spider?", "8"), ("First letter of the alphabet?", "A")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def step(name: str, argv: list[str], env: dict[str, str] | None = None, ok=(0,)) -> None:
-    start = time.perf_counter()
-    print(f"[e2e] {name}: {' '.join(argv)}", flush=True)
-    code = subprocess.run(argv, env={**os.environ, **(env or {})}).returncode
-    if code not in ok:
-        raise subprocess.CalledProcessError(code, argv)
-    print(f"[e2e] {name}: done in {time.perf_counter() - start:.0f}s", flush=True)
-
-
-def wait_ready(url: str, server: subprocess.Popen, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"phi4_jax.serve exited with status {server.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=5):
-                return
-        except OSError:
-            time.sleep(1)
-    raise RuntimeError(f"phi4_jax.serve did not answer at {url} in {timeout_s}s")
 
 
 def write_jsonl(path: str, rows: Sequence[dict]) -> str:
@@ -90,17 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     w, py = os.path.abspath(args.workdir), sys.executable
     env = {"JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1"
     os.makedirs(w, exist_ok=True)
-    log = open(os.path.join(w, "serve.log"), "ab")  # noqa: SIM115 - closed in finally
-    server = subprocess.Popen(
-        [py, "-m", "phi4_jax.serve", "--model", smollm2_path(), "--served_model_name",
-         "smollm2", "--host", "127.0.0.1", "--port", str(port), "--default_max_tokens", "64"],
-        env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     start = time.perf_counter()
-    try:
-        wait_ready(url, server)
+    with serving(smollm2_path(), log_path=os.path.join(w, "serve.log"),
+                 served_model_name="smollm2", flags=["--default_max_tokens", "64"],
+                 env=env) as url:
         n = args.prompts
         prompts = write_jsonl(f"{w}/inputs/prompts.jsonl", [
             {"id": f"p{i}", "prompt": p} for i, p in enumerate(PROMPTS[:n])])
@@ -123,12 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "--arithmetic", "40+32,4*15", "--n_samples", "16", "--p_gap", "0.2",
                            "--max_new_tokens", "6", "--stop_newline", "--solutions", "1",
                            "--batch_questions", "2", "--batch_rows", "32", "--seed", "0"], env)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
     step("SFT data", [py, "-m", "phi4_jax.posttrain.demo", "sft", "--num_conversations", "64",
                       "--max_tokens", "128", "--output", f"{w}/sft_data/sft"], env)
+
     def train(exp: str, *flags: str) -> list[str]:  # --exp first: launch.local needs it so
         return [py, "-m", "launch.local", f"--exp={exp}", *flags,
                 f"--exp.train.steps={args.steps}",

@@ -52,3 +52,13 @@ def test_stage_function():
     assert "html" not in out and "mid = (lo + hi) // 2" in out["text"]
     with pytest.raises(Reject):
         asyncio.run(extract_stage({"id": "b", "html": "<html></html>"}, Ctx()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_entity_spaces_become_plain_spaces(backend):
+    words = "&nbsp;".join(["bisect", "returns", "the", "insertion", "point", "for", "x"] * 6)
+    html = (f"<html><body><article><p>{words}</p><p>narrow&#8239;no-break and zero&#8203;width"
+            " characters in a second paragraph long enough to be kept.</p></article></body></html>")
+    text = html_to_text(html, backend)
+    assert "bisect returns the insertion point" in text
+    assert not {"\u00a0", "\u202f", "\u200b"} & set(text), repr(text)

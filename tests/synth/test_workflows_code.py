@@ -94,11 +94,20 @@ def test_validation_time_limit_apart_from_wrong_answer(tmp_path):
         {"id": "half", "kind": "math", "solution": "... so \\boxed{\\frac{2}{4}}", "answer": "0.5"},
         {"id": "bad_math", "kind": "math", "solution": "Answer: 3", "answer": "4"},
         {"id": "other", "kind": "essay"},
+        # texts (no kind: read by their fields): each fenced Python block runs on its own
+        {"id": "prose", "text": "Squares grow fast: 3 squared is 9."},
+        {"id": "worked", "text": f"Define it:\n```python\n{square}```\nthen check:\n"
+                                 "```python\nassert 3 * 3 == 9\n```\n"},
+        {"id": "broken", "text": "Fine:\n```python\nx = 1\n```\nNot fine:\n```python\n"
+                                 "print(undefined_name)\n```\n"},
     ]
     result = run_config("validation", tmp_path, None, records, "timeout_s=1.5")
     assert rejected(result, "validated") == {
         "wrong": "wrong_answer", "loops": "time_limit", "crash": "runtime_error",
-        "syntax": "syntax_error", "bad_math": "wrong_answer", "other": "unknown_kind"}
+        "syntax": "syntax_error", "bad_math": "wrong_answer", "other": "unknown_kind",
+        "broken": "runtime_error"}
     good = kept(result, "validated")
-    assert sorted(good) == ["half", "ok"]
+    assert sorted(good) == ["half", "ok", "prose", "worked"]
     assert good["half"]["validation"] == {"verdict": "passed", "predicted": "\\frac{2}{4}"}
+    assert good["prose"]["validation"] == {"verdict": "no_code", "code_blocks": 0}
+    assert good["worked"]["validation"] == {"verdict": "passed", "code_blocks": 2}

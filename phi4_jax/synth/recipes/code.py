@@ -11,11 +11,13 @@ Instruction reversal (records {id, code, tests?, entry_point?}):
                                    sandbox: kept as {instruction, code} when it passes, else
                                    rejected `unfaithful_<reason>` (wrong_answer, time_limit, ...)
 
-Validation (`validate`, records {kind: code, code, tests, entry_point?} or {kind: math,
-solution | answer_text, answer}): code runs with its tests in the sandbox, rejected as
-`time_limit` apart from `wrong_answer`, `runtime_error`, `syntax_error`, `memory_limit`; a math
-solution's final answer is compared with the reference by math-verify (`wrong_answer`,
-`unverifiable` when it cannot decide in time).
+Validation (`validate`, records {kind: code, code, tests, entry_point?}, {kind: math,
+solution | answer_text, answer} or {kind: text, text}; without `kind`, inferred from the
+fields): code runs with its tests in the sandbox, rejected as `time_limit` apart from
+`wrong_answer`, `runtime_error`, `syntax_error`, `memory_limit`; a math solution's final answer
+is compared with the reference by math-verify (`wrong_answer`, `unverifiable` when it cannot
+decide in time); each fenced Python block of a text runs on its own (a text without code passes
+as `no_code`).
 
 Sandbox runs block: they go through asyncio.to_thread (common.run_check).
 """
@@ -134,9 +136,38 @@ async def check_regenerated(record: dict[str, Any], ctx: StageContext) -> dict[s
             "entry_point": record["entry_point"], "verdict": result.verdict}
 
 
+def record_kind(record: dict[str, Any]) -> str | None:
+    """A record's `kind`, or when it has none, what its fields make it: code (code + tests),
+    math (solution + answer), text (text)."""
+    if record.get("kind"):
+        return record["kind"]
+    if "code" in record and "tests" in record:
+        return "code"
+    if "answer" in record and ("solution" in record or "answer_text" in record):
+        return "math"
+    return "text" if "text" in record else None
+
+
+async def _validate_text(record: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """Every fenced Python block of a text runs in the sandbox on its own (the first that
+    fails rejects the record with its verdict and the block's number); a text without code has
+    nothing to execute and passes as `no_code`."""
+    text = record.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise Reject("missing_field", "a text record needs `text`")
+    blocks = [b for b in _FENCE.findall(text) if b.strip()]
+    for i, block in enumerate(blocks):
+        result = await run_check(block, "", None, **_limits(ctx))
+        if not result.passed:
+            reason, detail = verdict_reason(result)
+            raise Reject(reason, f"code block {i + 1} of {len(blocks)}: {detail}")
+    verdict = "passed" if blocks else "no_code"
+    return {**record, "validation": {"verdict": verdict, "code_blocks": len(blocks)}}
+
+
 async def validate(record: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     """params: timeout_s (10), memory_mb (512), math_timeout_s (10)."""
-    kind = record.get("kind")
+    kind = record_kind(record)
     if kind == "code":
         if not record.get("code") or not record.get("tests"):
             raise Reject("missing_field", "a code record needs `code` and `tests`")
@@ -158,4 +189,6 @@ async def validate(record: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
             raise Reject("unverifiable", f"math-verify could not decide {predicted!r} against "
                          f"{record['answer']!r} in time")
         return {**record, "validation": {"verdict": "passed", "predicted": predicted}}
-    raise Reject("unknown_kind", f"kind {kind!r}: validation knows code and math")
+    if kind == "text":
+        return await _validate_text(record, ctx)
+    raise Reject("unknown_kind", f"kind {kind!r}: validation knows code, math and text")

@@ -23,14 +23,23 @@ T = TypeVar("T")
 
 async def ask_parsed(ctx: StageContext, messages: Sequence[Mapping[str, Any]],
                      parse: Callable[[str], T], *, retries: int, reason: str,
-                     model: str | None = None, attempt_base: int = 0, **sampling: Any
-                     ) -> tuple[T, str]:
+                     model: str | None = None, attempt_base: int = 0,
+                     prefill: str | None = None, **sampling: Any) -> tuple[T, str]:
     """(parsed value, reply text) of one chat request; when `parse` raises ValueError the
     request is re-asked under a new cache key (`attempt`, from `attempt_base`), up to
-    `retries` times, then the record is rejected with `reason` and every parse error."""
+    `retries` times, then the record is rejected with `reason` and every parse error.
+
+    prefill: the reply is started with this text (an assistant message continued, vLLM's and
+    phi4_jax.serve's `continue_final_message`), and the reply text is prefill + completion:
+    how a small model is held to a format ("Score:")."""
     errors = []
+    if prefill:
+        messages = [*messages, {"role": "assistant", "content": prefill}]
+        sampling = {**sampling, "extra_body": {"continue_final_message": True,
+                                               "add_generation_prompt": False}}
     for attempt in range(attempt_base, attempt_base + retries + 1):
-        reply = (await ctx.chat(messages, model=model, attempt=attempt, **sampling))[0].text
+        reply = (prefill or "") + (await ctx.chat(messages, model=model, attempt=attempt,
+                                                  **sampling))[0].text
         try:
             return parse(reply), reply
         except ValueError as e:

@@ -60,7 +60,8 @@ def _scorer(spec: str) -> Any:
 
 async def score_passages(record: dict[str, Any], ctx: StageContext) -> dict[str, Any]:
     """Scores every passage (concurrently). params: scale ([0, 5]), parse_retries (2),
-    sampling, scorer (optional "module:function", passage text -> float, e.g. a quality
+    sampling, prefill (the reply's start, e.g. "Score:", for models that do not keep to the
+    format), scorer (optional "module:function", passage text -> float, e.g. a quality
     classifier: then no model is asked)."""
     p = ctx.params
     lo, hi = p.get("scale", [0, 5])
@@ -74,7 +75,7 @@ async def score_passages(record: dict[str, Any], ctx: StageContext) -> dict[str,
                 value, _ = await ask_parsed(
                     ctx, ctx.render("score", {**record, **passage}),
                     lambda t: parse_score(t, lo, hi), retries=retries,
-                    reason="unparseable_score", **sampling(ctx))
+                    reason="unparseable_score", prefill=p.get("prefill"), **sampling(ctx))
                 return value
             except Reject:
                 return None
