@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.phi4_jax_installed
 
-.PHONY: setup train demo serve posttrain-e2e test test-fast lint bench
+.PHONY: setup train demo serve posttrain-e2e data-e2e test test-fast lint bench
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ serve: setup
 # teacher -> judge, refusal and PTS pairs -> phi4_sft / phi4_dpo_pts / phi4_dpo_judge smokes.
 posttrain-e2e: setup
 	$(PY) -m phi4_jax.posttrain.e2e --workdir=workdirs/posttrain_e2e
+
+# Synthetic data offline end to end (docs/synth.md): pydoc HTML pages -> extraction -> seed
+# curation and rewriting by SmolLM2 served -> sandbox validation -> decontamination -> dedup ->
+# token store -> a source of the tiny pretraining mixture, trained on.
+data-e2e: setup
+	$(PY) -m phi4_jax.curate.e2e --workdir=workdirs/data_e2e
 
 # The whole test suite, slow group included (this is what CI runs).
 test: setup
