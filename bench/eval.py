@@ -4,8 +4,9 @@ A local task of N three-choice questions (arithmetic and comparisons generated w
 seed, JSONL, "Question: {question}\\nAnswer:"), the same SmolLM2-135M weights as a float32
 Hugging Face directory (written from the GGUF), scored in one run by
 - lm-eval-harness's `hf` model (transformers + torch, float32, CPU, --batch_size), and
-- `phi4_jax.eval` in process (float32, --batch_size), once cold (compiles included) and once
-  warm,
+- `phi4_jax.eval` in process (float32, --batch_size; each question's context run once, its
+  choices against its KV cache, one compiled program per shape bucket), once cold (compiles
+  included, their count printed) and once warm,
 each side in its own subprocess, one after the other. examples/s = N / wall time of the
 evaluation call (model loading excluded on both sides). The per-choice log-likelihoods must be
 identical up to float32 summation order: the largest difference is printed and checked.
@@ -77,15 +78,17 @@ def run_ours(hf_dir: str, data: str, batch_size: int, out: str) -> None:
 
     lm = LocalLM(load(hf_dir, dtype="float32"), batch_size=batch_size)
     task = load_task(f"mc:{data}")
-    walls, results = [], None
+    walls, compiles, results = [], [], None
     for _ in range(2):  # cold (compiles), then warm
         start = time.perf_counter()
         results = evaluate(lm, [task], EvalConfig(progress=False), output=os.path.dirname(out))
         walls.append(time.perf_counter() - start)
+        compiles.append(lm.compiles - sum(compiles))
     with open(os.path.join(os.path.dirname(out), "samples", f"{task.name}.jsonl")) as f:
         loglik = [json.loads(line)["loglik"] for line in f]
     with open(out, "w") as f:
         json.dump({"cold": walls[0], "warm": walls[1], "loglik": loglik,
+                   "compiles": compiles, "shapes": len(lm.shapes),
                    "acc": results["tasks"][task.name]["metrics"]["acc"]["value"]}, f)
 
 
@@ -142,10 +145,11 @@ def main() -> None:
     print(f"lm-eval hf:          {peer['wall']:7.1f} s  {n / peer['wall']:7.2f} examples/s  "
           f"acc {peer['acc']:.3f}")
     print(f"phi4_jax.eval cold:  {ours['cold']:7.1f} s  {n / ours['cold']:7.2f} examples/s  "
-          f"(compiles included)")
+          f"({ours['compiles'][0]} XLA compiles included, {ours['shapes']} shape buckets)")
     print(f"phi4_jax.eval warm:  {ours['warm']:7.1f} s  {n / ours['warm']:7.2f} examples/s  "
-          f"acc {ours['acc']:.3f}; {peer['wall'] / ours['warm']:.1f}x lm-eval warm, "
-          f"{peer['wall'] / ours['cold']:.1f}x cold")
+          f"acc {ours['acc']:.3f}; {ours['compiles'][1]} compiles")
+    print(f"ratio (lm-eval s / ours s): {peer['wall'] / ours['warm']:.2f}x warm, "
+          f"{peer['wall'] / ours['cold']:.2f}x cold")
     print(f"max |ours - lm-eval| per-choice log-likelihood: {diff:.2e} nats "
           f"({'ok' if diff <= TOLERANCE else 'ABOVE'} tolerance {TOLERANCE})")
     if diff > TOLERANCE:

@@ -13,6 +13,10 @@ work dir); or --base_url names an OpenAI-compatible server (vLLM, this project's
 
 Multiple-choice scores follow lm-eval-harness (docs/eval.md): continuation " " + choice, acc
 by summed log-likelihood, acc_norm by log-likelihood per character of the choice.
+
+--decontamination_report=PATH (OUTPUT.report.json of python -m phi4_jax.curate.decontaminate
+over the training data) adds to each task in results.json whether the training data was
+decontaminated against its benchmark and what matched (docs/eval.md).
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--grader_model", default=None, help="simpleqa: the grader's model")
     parser.add_argument("--cache", default=None,
                         help="SQLite request cache for remote generation and grading")
+    parser.add_argument("--decontamination_report", default=None,
+                        help="a decontamination report (python -m phi4_jax.curate."
+                        "decontaminate): each task's status goes into results.json")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write OUTPUT/tensorboard scalars")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -136,20 +143,27 @@ def make_grader(args):
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     cli.quiet_library_noise()
-    from phi4_jax.eval.evaluate import EvalConfig, evaluate
+    from phi4_jax.eval.evaluate import EvalConfig, evaluate, load_decontamination_report
 
     tasks = load_tasks(args.tasks)
+    report = (load_decontamination_report(args.decontamination_report)
+              if args.decontamination_report else None)
     lm = make_lm(args)
     config = EvalConfig(limit=args.limit, num_fewshot=args.num_fewshot, seed=args.seed,
                         n_samples=args.n_samples, pass_ks=args.pass_ks,
                         temperature=args.temperature, max_gen_tokens=args.max_gen_tokens,
                         progress=not args.no_progress)
     results = evaluate(lm, tasks, config, output=args.output, grader=make_grader(args),
-                       tensorboard=args.tensorboard)
+                       tensorboard=args.tensorboard, decontamination=report)
     for name, task in results["tasks"].items():
         figures = ", ".join(f"{k} {v['value']:.4f}" + (f" +- {v['stderr']:.4f}"
                                                        if v["stderr"] is not None else "")
                             for k, v in task["metrics"].items())
+        status = task.get("decontamination")
+        if status is not None:
+            figures += f"; decontamination: {status['status']}" + (
+                f" ({status['records_matched']} training records matched "
+                f"{len(status['items_matched'])} items)" if "benchmark" in status else "")
         print(f"{name} ({task['samples']} examples): {figures}")
     print(f"{PROG}: wrote {args.output}/results.json and samples/", file=sys.stderr)
     return 0

@@ -6,13 +6,15 @@ Both answer the same three questions, in tokens of the model's own tokenizer:
     lm.loglikelihood([(context_ids, cont_ids)])   # summed log p(cont | context), float nats
     lm.generate(prompts, n=1, max_tokens=256, temperature=0.0, seed=0, stop=("\\n\\n",))
 
-`LocalLM` scores with `phi4_jax.inference.scoring.token_logprobs`: one forward pass per batch of
-rows (context + continuation), rows deduplicated, sorted longest first and cut into batches of
-`batch_size`, so padding stays small and each batch pads to one of few shapes (batch to a
-power of two, length by `decode.bucket`): one compiled program per shape bucket. A row's score
-depends only on its own tokens (right padding, causal attention), not on the batch it rode in.
-Rows longer than the model's context are cut from the left as lm-eval does:
-(context + continuation)[-(max_length + 1):].
+`LocalLM` groups pairs by context (after lm-eval's left truncation: (context +
+continuation)[-(max_length + 1):]). A context with several continuations (the choices of a
+question) is run once into a KV cache and its continuations against it
+(`phi4_jax.inference.scoring.shared_prefix_logprobs`); batches hold contexts of one shape bucket
+and pad to that bucket's largest batch, so each bucket compiles one program. A context with one
+continuation (perplexity windows) is scored as a whole row (`token_logprobs`), rows
+deduplicated, sorted longest first, `batch_size` per pass. Per-token log-probs are summed in
+float64. A pair's score depends on its own tokens and its bucket's program, not on what else
+is in its batch (docs/eval.md: "Scoring in process").
 
 `RemoteLM` talks to an OpenAI-compatible server: vLLM's POST /tokenize (lm-eval's remote
 tokenizer; this project's server has it) and POST /v1/completions with token-id prompts,
@@ -26,6 +28,7 @@ import asyncio
 import collections
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -33,7 +36,9 @@ from typing import Any, Protocol
 import numpy as np
 
 Pair = tuple[list[int], list[int]]
+Ids = tuple[int, ...]
 Progress = Callable[[int], None]
+log = logging.getLogger(__name__)
 
 
 class LM(Protocol):
@@ -65,6 +70,16 @@ def truncate(ids: list[int], max_length: int) -> list[int]:
     return ids[-(max_length + 1):]
 
 
+def split_row(context: Sequence[int], continuation: Sequence[int], max_length: int
+              ) -> tuple[Ids, Ids]:
+    """The (context, continuation) that is scored: the row context + continuation cut from the
+    left to max_length + 1 tokens, split before the continuation; a continuation that fills the
+    whole row keeps its first token as the context (it is never predicted)."""
+    row = truncate([*context, *continuation], max_length)
+    cut = max(len(row) - len(continuation), 1) if continuation else len(row)
+    return tuple(row[:cut]), tuple(row[cut:])
+
+
 def fingerprint_of(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -89,6 +104,8 @@ class LocalLM:
 
         self.model, self.codec, self.name = served.model, served.codec, served.name
         self.batch_size, self.add_bos = max(int(batch_size), 1), add_bos
+        self.compiles = 0  # XLA compiles during loglikelihood calls, all calls together
+        self.shapes: set[Any] = set()  # shared-prefix program shapes used so far
         config = self.model.config
         self.max_length = int(config.max_seq_len)
         self.prefix_id = self.codec.bos_id if self.codec.bos_id is not None else self.codec.eos_id
@@ -107,21 +124,117 @@ class LocalLM:
 
     def loglikelihood(self, pairs: Sequence[Pair], progress: Progress | None = None
                       ) -> list[float]:
+        import jax
+
+        out = [0.0] * len(pairs)
+        by_context: dict[Ids, dict[Ids, list[int]]] = collections.defaultdict(dict)
+        for i, (c, k) in enumerate(pairs):
+            context, cont = split_row(c, k, self.max_length)
+            if cont:
+                by_context[context].setdefault(cont, []).append(i)
+        empty = len(pairs) - sum(len(ix) for ks in by_context.values() for ix in ks.values())
+        if progress is not None and empty:
+            progress(empty)  # nothing to score: 0
+        shared = {c: ks for c, ks in by_context.items() if len(ks) > 1}
+        alone = [(c, k) for c, ks in by_context.items() if len(ks) == 1 for k in ks]
+        compiles = [0]
+
+        def count(event: str, _secs: float, **_: Any) -> None:
+            compiles[0] += event == "/jax/core/compile/backend_compile_duration"
+
+        jax.monitoring.register_event_duration_secs_listener(count)
+        try:
+            batches = self._score_shared(shared, out, progress)
+            batches += self._score_rows(alone, by_context, out, progress)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(count)
+        self.compiles += compiles[0]
+        log.info("%d pairs: %d shared contexts, %d whole rows, %d batches, %d compiles "
+                 "(%d program shapes so far)", len(pairs), len(shared), len(alone), batches,
+                 compiles[0], len(self.shapes))
+        return out
+
+    def _score_rows(self, alone: list[tuple[Ids, Ids]],
+                    by_context: dict[Ids, dict[Ids, list[int]]], out: list[float],
+                    progress: Progress | None) -> int:
+        """Contexts with one continuation: whole rows in one forward pass each
+        (`token_logprobs`), deduplicated, longest first, batch_size rows at a time (perplexity
+        windows and the like). Returns the number of batches."""
         from phi4_jax.inference.scoring import token_logprobs
 
-        rows = [tuple(truncate(list(c) + list(k), self.max_length)) for c, k in pairs]
-        counts = collections.Counter(rows)
-        unique = sorted(counts, key=lambda r: (-len(r), r))
-        scored: dict[tuple[int, ...], np.ndarray] = {}
+        owners = collections.defaultdict(list)  # row -> its (context, continuation) splits
+        for c, k in alone:
+            owners[c + k].append((c, k))
+        unique = sorted(owners, key=lambda r: (-len(r), r))
         for start in range(0, len(unique), self.batch_size):
             batch = unique[start:start + self.batch_size]
             lp = np.asarray(token_logprobs(self.model, [list(r) for r in batch]))
+            done = 0
             for i, r in enumerate(batch):
-                scored[r] = lp[i, :len(r)].astype(np.float64)
+                for c, k in owners[r]:
+                    total = float(lp[i, len(c):len(r)].astype(np.float64).sum())
+                    for j in by_context[c][k]:
+                        out[j] = total
+                    done += len(by_context[c][k])
             if progress is not None:
-                progress(sum(counts[r] for r in batch))
-        return [float(scored[r][len(r) - len(k):].sum()) if k else 0.0
-                for r, (_, k) in zip(rows, pairs)]
+                progress(done)
+        return -(-len(unique) // self.batch_size)
+
+    def _score_shared(self, shared: dict[Ids, dict[Ids, list[int]]], out: list[float],
+                      progress: Progress | None) -> int:
+        """Contexts with several continuations: each context run once per batch, its
+        continuations against its KV cache (`shared_prefix_logprobs`). Batches hold contexts of
+        one shape bucket (length and longest continuation) and at most batch_size
+        continuations; the context count is cut to a bucket size (no padded contexts but in a
+        bucket's last batch), and every batch of a bucket pads to the bucket's largest shape:
+        one compiled program per bucket. Returns the number of batches."""
+        from phi4_jax.inference.decode import bucket
+        from phi4_jax.inference.scoring import PrefixShape, prefix_shape, shared_prefix_logprobs
+
+        items = []  # (shape bucket, context, its continuations), at most batch_size each
+        for context, conts in shared.items():
+            ks = sorted(conts)
+            for start in range(0, len(ks), self.batch_size):
+                chunk = ks[start:start + self.batch_size]
+                key = prefix_shape(1, len(context), 1, max(map(len, chunk)))
+                items.append(((key.context_len, key.continuation_len), context, chunk))
+        items.sort(key=lambda x: (x[0], x[1]))
+        batches, i = [], 0
+        while i < len(items):
+            j, rows = i, 0
+            while (j < len(items) and items[j][0] == items[i][0]
+                   and rows + len(items[j][2]) <= self.batch_size):
+                rows += len(items[j][2])
+                j += 1
+            n = j - i
+            while bucket(n) != n:  # 10 contexts -> 8: no padded contexts
+                n -= 1
+            batches.append(items[i:i + n])
+            i += n
+        shapes: dict[tuple[int, int], PrefixShape] = {}  # the largest batch's, per bucket
+        for batch in batches:
+            shape = prefix_shape(len(batch), max(len(c) for _, c, _ in batch),
+                                 sum(len(ks) for _, _, ks in batch),
+                                 max(len(k) for _, _, ks in batch for k in ks))
+            shapes[batch[0][0]] = PrefixShape(*map(max, zip(shapes.get(batch[0][0], shape),
+                                                            shape)))
+        self.shapes.update(shapes.values())
+        for batch in batches:
+            contexts = [list(c) for _, c, _ in batch]
+            conts = [list(k) for _, _, ks in batch for k in ks]
+            owner = [u for u, (_, _, ks) in enumerate(batch) for _ in ks]
+            lp = shared_prefix_logprobs(self.model, contexts, conts, owner,
+                                        shape=shapes[batch[0][0]])
+            r = 0
+            for _, c, ks in batch:
+                for k in ks:
+                    total = float(lp[r, :len(k)].astype(np.float64).sum())
+                    for j in shared[c][k]:
+                        out[j] = total
+                    r += 1
+                if progress is not None:
+                    progress(sum(len(shared[c][k]) for k in ks))
+        return len(batches)
 
     def generate(self, prompts: Sequence[str], *, n: int = 1, max_tokens: int = 256,
                  temperature: float = 0.0, seed: int = 0, stop: Sequence[str] = ()
