@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import types
 
 import numpy as np
 import pytest
@@ -41,18 +40,6 @@ class ByteCodec:
     def decode(self, ids):
         return bytes(i - 2 for i in ids if i >= 2).decode("utf-8", "replace")
 
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    from phi4_jax.model import init_model
-    from phi4_jax.model.config import preset
-
-    model = init_model(preset("tiny", dtype="float32", vocab_size=258, init_std=0.1,
-                              max_seq_len=512), seed=0)
-    source = tmp_path_factory.mktemp("tiny") / "weights"
-    source.write_text("random init, seed 0")
-    return types.SimpleNamespace(model=model, codec=ByteCodec(), name="tiny", kind="test",
-                                 source=str(source))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import random
-import types
 
 import numpy as np
 import pytest
@@ -25,22 +24,10 @@ from phi4_jax.eval.lm import LocalLM
 from phi4_jax.eval.runners import run_mc
 from phi4_jax.eval.tasks import load_task
 from phi4_jax.inference.scoring import shared_prefix_logprobs, token_logprobs
-from tests.eval.test_harness import QUESTIONS, ByteCodec
+from tests.eval.test_harness import QUESTIONS
 
 TOLERANCE = 1e-5  # nats; float32, different program shapes sum in different orders
 
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    from phi4_jax.model import init_model
-    from phi4_jax.model.config import preset
-
-    model = init_model(preset("tiny", dtype="float32", vocab_size=258, init_std=0.1,
-                              max_seq_len=512), seed=0)
-    source = tmp_path_factory.mktemp("tiny") / "weights"
-    source.write_text("random init, seed 0")
-    return types.SimpleNamespace(model=model, codec=ByteCodec(), name="tiny", kind="test",
-                                 source=str(source))
 
 
 def whole_row(model, context, continuation) -> np.ndarray:
