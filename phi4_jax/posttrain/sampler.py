@@ -40,31 +40,8 @@ class Sampler(Protocol):
     tokenizer_name: str
 
     def sample(self, prefixes: Sequence[Sequence[int]], n: int) -> list[list[Rollout]]:
-        import jax
-        import numpy as np
-
-        from phi4_jax.inference.decode import generate
-
-        out: list[list[Rollout]] = [[] for _ in prefixes]
-        per_call = max(1, self.batch_rows // max(n, 1))
-        width = min(n, self.batch_rows)  # rollouts of one prefix per call
-        calls = [(list(range(i, min(i + per_call, len(prefixes)))), j0)
-                 for j0 in range(0, n, width) for i in range(0, len(prefixes), per_call)]
-        for idx, j0 in sorted(calls, key=lambda c: (c[0][0], c[1])):
-            k = min(width, n - j0)
-            chunk = [list(prefixes[i]) for i in idx]
-            gen = generate(self.model, chunk, n=k, max_new_tokens=self.max_new_tokens,
-                           sampling=self.sampling, key=jax.random.key(self.seed),
-                           stop_tokens=self.stop_tokens,
-                           row_ids=[row_id(p, j0 + j) for p in chunk for j in range(k)])
-            tokens, logprobs = np.asarray(gen.tokens), np.asarray(gen.logprobs)
-            lengths, stopped = np.asarray(gen.lengths), np.asarray(gen.stopped)
-            for r in range(len(idx) * k):
-                m = int(lengths[r])
-                out[idx[r // k]].append(Rollout(tuple(int(t) for t in tokens[r, :m]),
-                                                tuple(float(x) for x in logprobs[r, :m]),
-                                                bool(stopped[r])))
-        return out
+        """n rollouts for each prefix (token ids), deterministic per (prefix, j)."""
+        ...
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of generated ids, special tokens (the stop token) dropped."""
@@ -128,24 +105,32 @@ class ModelSampler:
                 "weight_dtype": self.weight_dtype}
 
     def sample(self, prefixes: Sequence[Sequence[int]], n: int) -> list[list[Rollout]]:
+        """n rollouts of each prefix: each `generate` call prefills its prefixes once and
+        decodes their rollouts from that cache (`n=`), rows keyed by `row_id(prefix, j)`."""
         import jax
         import numpy as np
 
         from phi4_jax.inference.decode import generate
 
-        rows = [(i, list(p), row_id(p, j)) for i, p in enumerate(prefixes) for j in range(n)]
         out: list[list[Rollout]] = [[] for _ in prefixes]
-        for start in range(0, len(rows), self.batch_rows):
-            chunk = rows[start:start + self.batch_rows]
-            gen = generate(self.model, [r[1] for r in chunk], max_new_tokens=self.max_new_tokens,
+        per_call = max(1, self.batch_rows // max(n, 1))
+        width = min(n, self.batch_rows)  # rollouts of one prefix per call
+        calls = [(list(range(i, min(i + per_call, len(prefixes)))), j0)
+                 for j0 in range(0, n, width) for i in range(0, len(prefixes), per_call)]
+        for idx, j0 in sorted(calls, key=lambda c: (c[0][0], c[1])):
+            k = min(width, n - j0)
+            chunk = [list(prefixes[i]) for i in idx]
+            gen = generate(self.model, chunk, n=k, max_new_tokens=self.max_new_tokens,
                            sampling=self.sampling, key=jax.random.key(self.seed),
-                           stop_tokens=self.stop_tokens, row_ids=[r[2] for r in chunk])
+                           stop_tokens=self.stop_tokens,
+                           row_ids=[row_id(p, j0 + j) for p in chunk for j in range(k)])
             tokens, logprobs = np.asarray(gen.tokens), np.asarray(gen.logprobs)
             lengths, stopped = np.asarray(gen.lengths), np.asarray(gen.stopped)
-            for k, (i, _, _) in enumerate(chunk):
-                m = int(lengths[k])
-                out[i].append(Rollout(tuple(int(t) for t in tokens[k, :m]),
-                                      tuple(float(x) for x in logprobs[k, :m]), bool(stopped[k])))
+            for r in range(len(idx) * k):
+                m = int(lengths[r])
+                out[idx[r // k]].append(Rollout(tuple(int(t) for t in tokens[r, :m]),
+                                                tuple(float(x) for x in logprobs[r, :m]),
+                                                bool(stopped[r])))
         return out
 
     def decode(self, ids: Sequence[int]) -> str:

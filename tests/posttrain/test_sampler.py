@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -68,3 +69,28 @@ def test_rollouts_depend_only_on_prefix_and_index(sampler):
                               stop_tokens=(1, 5), sampling=sampler.sampling, seed=4)
     assert [r.tokens for r in other_seed.sample([a], 4)[0]] != alone
     assert len({row_id(a, j) for j in range(100)}) == 100 and row_id(a, 0) != row_id(b, 0)
+
+
+def test_shared_prefill_gives_the_unshared_samples(sampler, monkeypatch):
+    """n rollouts of a prefix run one prefill (generate's n=) and are token for token the rows
+    the unshared path draws: the prefix repeated n times under the same row ids."""
+    from phi4_jax.inference import decode
+
+    prefixes = [[7, 8, 9], [20, 21, 22, 23, 24]]
+    calls = []
+    real = decode.generate
+
+    def spy(model, prompts, **kw):
+        calls.append((len(prompts), kw.get("n", 1)))
+        return real(model, prompts, **kw)
+
+    monkeypatch.setattr(decode, "generate", spy)
+    shared = sampler.sample(prefixes, 4)
+    assert calls == [(2, 4)]  # one call: two prompts prefilled once each, 4 rows from each
+    repeated = [p for p in prefixes for _ in range(4)]
+    gen = real(sampler.model, repeated, max_new_tokens=8, sampling=sampler.sampling,
+               key=jax.random.key(3), stop_tokens=(1, 5),
+               row_ids=[row_id(p, j) for p in prefixes for j in range(4)])
+    tokens, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
+    unshared = [tuple(int(t) for t in tokens[r, :lengths[r]]) for r in range(8)]
+    assert [r.tokens for rows in shared for r in rows] == unshared
