@@ -89,7 +89,60 @@ def run_ours(hf_dir: str, data: str, batch_size: int, out: str) -> None:
     with open(out, "w") as f:
         json.dump({"cold": walls[0], "warm": walls[1], "loglik": loglik,
                    "compiles": compiles, "shapes": len(lm.shapes),
-                   "acc": results["tasks"][task.name]["metrics"]["acc"]["value"]}, f)
+                   "acc": results["tasks"][task.name]["metrics"]["acc"]["value"],
+                   **matmul_bound(lm, task)}, f)
+
+
+def matmul_bound(lm, task) -> dict:
+    """The work both sides must do and how fast this host multiplies matrices.
+
+    Weight matmuls only (2 flops per parameter per token; attention over <= 25 tokens is
+    noise): ours runs every context once through the blocks and every choice token through the
+    blocks and the vocabulary projection; lm-eval's HF backend runs context + choice through
+    both for every choice (transformers projects every position). `gflops`: the best rate of
+    XLA:CPU dots of the blocks' shapes at 512 rows (what a batch of contexts is), in this
+    process: ours cannot take less than its flops / that rate."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from phi4_jax.eval.requests import encode_pair
+
+    cfg = lm.model.config
+    d, f, h = cfg.embed_dim, cfg.mlp_dim, cfg.head_dim
+    block = d * (cfg.num_heads + 2 * cfg.num_kv_heads) * h + cfg.num_heads * h * d + 3 * d * f
+    blocks, vocab = cfg.num_layers * block, d * cfg.vocab_size
+    ctx_tokens = choice_tokens = rows = 0
+    for doc in task.docs:
+        context = f"Question: {doc['question']}\nAnswer:"
+        for choice in doc["choices"]:
+            c, k = encode_pair(lm, context, f" {choice}")
+            choice_tokens += len(k)
+            rows += len(c) + len(k)
+        ctx_tokens += len(c)
+    ours = 2 * (ctx_tokens * blocks + choice_tokens * (blocks + vocab))
+    peer = 2 * rows * (blocks + vocab)
+    shapes = [(d, (cfg.num_heads + 2 * cfg.num_kv_heads) * h), (cfg.num_heads * h, d),
+              (d, 2 * f), (f, d)]
+    mats = [jnp.full(s, 0.01, jnp.float32) for s in shapes]
+
+    @jax.jit
+    def chain(x, mats):
+        total = jnp.float32(0)
+        for w in mats:
+            total += (x[:, :w.shape[0]] @ w).sum()
+        return total
+
+    x = jnp.ones((512, max(d, f)), jnp.float32)
+    chain(x, mats).block_until_ready()
+    best = float("inf")
+    for _ in range(20):
+        start = time.perf_counter()
+        chain(x, mats).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    rate = 2 * 512 * sum(a * b for a, b in shapes) / best
+    return {"flops": ours, "peer_flops": peer, "gflops": rate / 1e9}
 
 
 def main() -> None:
@@ -150,6 +203,13 @@ def main() -> None:
           f"acc {ours['acc']:.3f}; {ours['compiles'][1]} compiles")
     print(f"ratio (lm-eval s / ours s): {peer['wall'] / ours['warm']:.2f}x warm, "
           f"{peer['wall'] / ours['cold']:.2f}x cold")
+    least = ours["flops"] / (ours["gflops"] * 1e9)
+    print(f"bound: ours does {ours['flops'] / 1e12:.2f} TFLOP of weight matmuls, lm-eval "
+          f"{ours['peer_flops'] / 1e12:.2f}; XLA:CPU dots of these shapes run at "
+          f"{ours['gflops']:.0f} GFLOP/s here, so ours takes at least {least:.1f} s (it took "
+          f"{ours['warm']:.1f}: {ours['flops'] / ours['warm'] / 1e9:.0f} GFLOP/s) and the best "
+          f"ratio at this matmul rate is {peer['wall'] / least:.2f}x (lm-eval ran at "
+          f"{ours['peer_flops'] / peer['wall'] / 1e9:.0f} GFLOP/s)")
     print(f"max |ours - lm-eval| per-choice log-likelihood: {diff:.2e} nats "
           f"({'ok' if diff <= TOLERANCE else 'ABOVE'} tolerance {TOLERANCE})")
     if diff > TOLERANCE:
