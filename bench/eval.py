@@ -114,10 +114,9 @@ def matmul_bound(lm, task) -> dict:
     block = d * (cfg.num_heads + 2 * cfg.num_kv_heads) * h + cfg.num_heads * h * d + 3 * d * f
     blocks, vocab = cfg.num_layers * block, d * cfg.vocab_size
     ctx_tokens = choice_tokens = rows = 0
-    for doc in task.docs:
-        context = f"Question: {doc['question']}\nAnswer:"
+    for doc in task.docs:  # zero-shot: the context is the doc's own (runners.run_mc)
         for choice in doc["choices"]:
-            c, k = encode_pair(lm, context, f" {choice}")
+            c, k = encode_pair(lm, doc["context"], f" {choice}")
             choice_tokens += len(k)
             rows += len(c) + len(k)
         ctx_tokens += len(c)
