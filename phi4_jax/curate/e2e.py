@@ -21,17 +21,19 @@ then WORKDIR/report.txt counts what each step kept and rejected, and why.
 
 Quality from a 135M model does not matter; every step doing its job, being counted and being
 resumable does: the workflow steps resume from their engine shards (a rerun of a finished job
-asks the server nothing), a finished non-engine step is skipped when its command is unchanged
-(WORKDIR/.done/STEP), and training resumes from its last checkpoint.
+asks the server nothing), a finished non-engine step is skipped while its command and its input
+file are unchanged (WORKDIR/.done/STEP), and training resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import collections
 import glob
+import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -108,23 +110,40 @@ def rejects(stage_dir: str) -> collections.Counter:
     return out
 
 
+def digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class Job:
-    """The steps of one work dir: a finished step (same command) is not run again."""
+    """The steps of one work dir: a finished step is not run again while its command and the
+    contents of its input file are the same (an upstream step that changed its output makes
+    every step after it run again)."""
 
     def __init__(self, workdir: str, env: dict[str, str]):
         self.w, self.env = workdir, env
         os.makedirs(os.path.join(workdir, ".done"), exist_ok=True)
 
-    def run(self, name: str, argv: list[str], *, always: bool = False) -> None:
+    def run(self, name: str, argv: list[str], *, source: str | None = None,
+            output_dir: str | None = None, always: bool = False) -> None:
+        """output_dir: removed first when this step finished before on other input (a command
+        that resumes from what it finds there, like prepare, must not mix the two)."""
         marker = os.path.join(self.w, ".done", name)
+        done = {"argv": argv, "input_sha256": digest(source) if source else None}
         if not always and os.path.exists(marker):
             with open(marker, encoding="utf-8") as f:
-                if json.load(f) == argv:
+                if json.load(f) == done:
                     print(f"[e2e] {name}: done before (WORKDIR/.done/{name})", flush=True)
                     return
+            os.remove(marker)
+            if output_dir and os.path.isdir(output_dir):
+                shutil.rmtree(output_dir)
         cli.run_step(name, argv, self.env)
         with open(marker + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(argv, f)
+            json.dump(done, f)
         os.replace(marker + ".tmp", marker)
 
     def synth(self, name: str, config: str, arg: str) -> None:
@@ -257,14 +276,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     job.synth("validated", "validation", f"inputs={w}/rewritten/rewritten.jsonl,timeout_s=5")
     job.run("clean", [py, "-m", "phi4_jax.curate.decontaminate",
                       "--input", f"{w}/validated/validated.jsonl", "--output", f"{w}/clean.jsonl",
-                      "--benchmark", "humaneval", "--benchmark", "champ"])
+                      "--benchmark", "humaneval", "--benchmark", "champ"],
+            source=f"{w}/validated/validated.jsonl")
     job.run("deduped", [py, "-m", "phi4_jax.curate.dedup", "--input", f"{w}/clean.jsonl",
-                        "--output", f"{w}/deduped.jsonl"])
+                        "--output", f"{w}/deduped.jsonl"], source=f"{w}/clean.jsonl")
     if count_lines(f"{w}/deduped.jsonl") == 0:
         raise cli.UsageError(f"no synthetic record survived (see {w}/*/stages/*/*.rejects.jsonl)"
                              ": lower --threshold, or give more --modules / --pages")
     job.run("store", [py, "-m", "phi4_jax.data.prepare", "--source_name", SOURCE,
-                      "--input", f"{w}/deduped.jsonl", "--output", f"{w}/store"])
+                      "--input", f"{w}/deduped.jsonl", "--output", f"{w}/store"],
+            source=f"{w}/deduped.jsonl", output_dir=f"{w}/store")
     tokens = store_tokens(f"{w}/store")
     # held-out rows are carved from each source, at most a quarter of a store (data/heldout.py)
     rows = min(8, tokens // (4 * SEQ_LEN))

@@ -7,6 +7,7 @@ nothing, the finished steps are skipped and training resumes at its last step.""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -58,3 +59,26 @@ def test_pages_to_synthetic_source_to_training_and_rerun(tmp_path, capfd, monkey
     for step in ("clean", "deduped", "store"):
         assert f"[e2e] {step}: done before" in second
     assert (tmp_path / "report.txt").read_text().splitlines()[-1] == report.splitlines()[-1]
+
+
+def test_a_step_reruns_when_its_input_changes(tmp_path, capfd):
+    """A finished step is skipped only while its command and its input's contents are the
+    same; rerun on other input, its output directory is removed first."""
+    import sys
+
+    from phi4_jax.curate.e2e import Job
+
+    source, out = tmp_path / "in.jsonl", tmp_path / "out"
+    source.write_text('{"id": 1}\n')
+    argv = [sys.executable, "-c", f"import os; os.makedirs({str(out)!r}, exist_ok=True); "
+            f"open(os.path.join({str(out)!r}, 'n'), 'a').write('x')"]
+    job = Job(str(tmp_path), {})
+    job.run("copy", argv, source=str(source), output_dir=str(out))
+    job.run("copy", argv, source=str(source), output_dir=str(out))
+    assert (out / "n").read_text() == "x" and "copy: done before" in capfd.readouterr().out
+    (out / "stale").write_text("from the first input")
+    source.write_text('{"id": 2}\n')
+    job.run("copy", argv, source=str(source), output_dir=str(out))
+    assert sorted(os.listdir(out)) == ["n"] and (out / "n").read_text() == "x"
+    job.run("copy", [*argv[:-1], argv[-1] + " "], source=str(source), output_dir=str(out))
+    assert "done before" not in capfd.readouterr().out  # another command: run again
