@@ -154,15 +154,14 @@ class Job:
 
 MIXTURE = '''"""The embedded mixture plus the synthetic store (by python -m phi4_jax.curate.e2e)."""
 
-from data_mixtures.embedded import build_mixture as embedded
-from phi4_jax.data.mixture import Source, Stage
+from phi4_jax.data.mixture import Source, Stage, load_mixture
 
 STORE = {store!r}
 WEIGHT = {weight!r}
 
 
 def build_mixture(cache_dir):
-    base = embedded(cache_dir)
+    base = load_mixture("data_mixtures.embedded", cache_dir=cache_dir)
     (stage,) = base.stages
     weights = {{name: w * (1 - WEIGHT) for name, w in stage.weights.items()}}
     return base.replace(name="embedded_plus_{source}",

@@ -1,8 +1,7 @@
 """Mixtures as seqio Mixtures of seqio Tasks over our token stores.
 
-    import data_mixtures                          # registers the repository's mixture names
     from phi4_jax.seqio import register_mixture
-    mix = register_mixture("embedded", cache_dir="/tmp/phi4_data")     # seqio.Mixture
+    mix = register_mixture("data_mixtures.embedded", cache_dir="/tmp/phi4_data")  # seqio.Mixture
     ds = mix.get_dataset(None, split="train", seed=0)    # {"targets": int32 [doc length]}
 
 Each source becomes the Task "<mixture>.<source>" (default mixture name "phi4.<Mixture.name>")
