@@ -4,9 +4,10 @@ A local task of N three-choice questions (arithmetic and comparisons generated w
 seed, JSONL, "Question: {question}\\nAnswer:"), the same SmolLM2-135M weights as a float32
 Hugging Face directory (written from the GGUF), scored in one run by
 - lm-eval-harness's `hf` model (transformers + torch, float32, CPU, --batch_size), and
-- `phi4_jax.eval` in process (float32, --batch_size; each question's context run once, its
-  choices against its KV cache, one compiled program per shape bucket), once cold (compiles
-  included, their count printed) and once warm,
+- `phi4_jax.eval` in process (float32, --batch_size; questions and their choices packed as
+  token tries, each distinct prefix run once, so a context once for all its choices; one
+  compiled program per row-length class), once cold (compiles included, their count
+  printed) and once warm,
 each side in its own subprocess, one after the other. examples/s = N / wall time of the
 evaluation call (model loading excluded on both sides). The per-choice log-likelihoods must be
 identical up to float32 summation order: the largest difference is printed and checked.
@@ -80,28 +81,31 @@ def run_ours(hf_dir: str, data: str, batch_size: int, out: str) -> None:
     task = load_task(f"mc:{data}")
     walls, compiles, results = [], [], None
     for _ in range(2):  # cold (compiles), then warm
+        before = dict(lm.work)
         start = time.perf_counter()
         results = evaluate(lm, [task], EvalConfig(progress=False), output=os.path.dirname(out))
         walls.append(time.perf_counter() - start)
         compiles.append(lm.compiles - sum(compiles))
+    work = {k: lm.work[k] - before[k] for k in before}  # the warm run's
     with open(os.path.join(os.path.dirname(out), "samples", f"{task.name}.jsonl")) as f:
         loglik = [json.loads(line)["loglik"] for line in f]
     with open(out, "w") as f:
         json.dump({"cold": walls[0], "warm": walls[1], "loglik": loglik,
                    "compiles": compiles, "shapes": len(lm.shapes),
                    "acc": results["tasks"][task.name]["metrics"]["acc"]["value"],
-                   **matmul_bound(lm, task)}, f)
+                   "work": work, **matmul_bound(lm, task, work)}, f)
 
 
-def matmul_bound(lm, task) -> dict:
-    """The work both sides must do and how fast this host multiplies matrices.
+def matmul_bound(lm, task, work: dict) -> dict:
+    """The work both sides do and how fast this host multiplies matrices.
 
     Weight matmuls only (2 flops per parameter per token; attention over <= 25 tokens is
-    noise): ours runs every context once through the blocks and every choice token through the
-    blocks and the vocabulary projection; lm-eval's HF backend runs context + choice through
-    both for every choice (transformers projects every position). `gflops`: the best rate of
-    XLA:CPU dots of the blocks' shapes at 512 rows (what a batch of contexts is), in this
-    process: ours cannot take less than its flops / that rate."""
+    noise): ours runs each distinct prefix of a packed row once through the blocks and
+    projects each position that predicts a choice token onto the vocabulary (`work`, counted
+    by LocalLM, padding excluded); lm-eval's HF backend runs context + choice through both for
+    every choice (transformers projects every position). `gflops`: the best rate of XLA:CPU
+    dots of the blocks' shapes at 512 rows (a pass's size), in this process: ours cannot take
+    less than its flops / that rate."""
     import time
 
     import jax
@@ -113,14 +117,12 @@ def matmul_bound(lm, task) -> dict:
     d, f, h = cfg.embed_dim, cfg.mlp_dim, cfg.head_dim
     block = d * (cfg.num_heads + 2 * cfg.num_kv_heads) * h + cfg.num_heads * h * d + 3 * d * f
     blocks, vocab = cfg.num_layers * block, d * cfg.vocab_size
-    ctx_tokens = choice_tokens = rows = 0
+    rows = 0
     for doc in task.docs:  # zero-shot: the context is the doc's own (runners.run_mc)
         for choice in doc["choices"]:
             c, k = encode_pair(lm, doc["context"], f" {choice}")
-            choice_tokens += len(k)
             rows += len(c) + len(k)
-        ctx_tokens += len(c)
-    ours = 2 * (ctx_tokens * blocks + choice_tokens * (blocks + vocab))
+    ours = 2 * (work["block_tokens"] * blocks + work["vocab_rows"] * vocab)
     peer = 2 * rows * (blocks + vocab)
     shapes = [(d, (cfg.num_heads + 2 * cfg.num_kv_heads) * h), (cfg.num_heads * h, d),
               (d, 2 * f), (f, d)]
@@ -197,14 +199,16 @@ def main() -> None:
     print(f"lm-eval hf:          {peer['wall']:7.1f} s  {n / peer['wall']:7.2f} examples/s  "
           f"acc {peer['acc']:.3f}")
     print(f"phi4_jax.eval cold:  {ours['cold']:7.1f} s  {n / ours['cold']:7.2f} examples/s  "
-          f"({ours['compiles'][0]} XLA compiles included, {ours['shapes']} shape buckets)")
+          f"({ours['compiles'][0]} XLA compiles included, {ours['shapes']} program shapes)")
     print(f"phi4_jax.eval warm:  {ours['warm']:7.1f} s  {n / ours['warm']:7.2f} examples/s  "
           f"acc {ours['acc']:.3f}; {ours['compiles'][1]} compiles")
     print(f"ratio (lm-eval s / ours s): {peer['wall'] / ours['warm']:.2f}x warm, "
           f"{peer['wall'] / ours['cold']:.2f}x cold")
     least = ours["flops"] / (ours["gflops"] * 1e9)
-    print(f"bound: ours does {ours['flops'] / 1e12:.2f} TFLOP of weight matmuls, lm-eval "
-          f"{ours['peer_flops'] / 1e12:.2f}; XLA:CPU dots of these shapes run at "
+    work = ours["work"]
+    print(f"bound: ours does {ours['flops'] / 1e12:.2f} TFLOP of weight matmuls "
+          f"({work['block_tokens']} token passes, {work['vocab_rows']} vocabulary projections), "
+          f"lm-eval {ours['peer_flops'] / 1e12:.2f}; XLA:CPU dots of these shapes run at "
           f"{ours['gflops']:.0f} GFLOP/s here, so ours takes at least {least:.1f} s (it took "
           f"{ours['warm']:.1f}: {ours['flops'] / ours['warm'] / 1e9:.0f} GFLOP/s) and the best "
           f"ratio at this matmul rate is {peer['wall'] / least:.2f}x (lm-eval ran at "

@@ -6,15 +6,20 @@ Both answer the same three questions, in tokens of the model's own tokenizer:
     lm.loglikelihood([(context_ids, cont_ids)])   # summed log p(cont | context), float nats
     lm.generate(prompts, n=1, max_tokens=256, temperature=0.0, seed=0, stop=("\\n\\n",))
 
-`LocalLM` groups pairs by context (after lm-eval's left truncation: (context +
-continuation)[-(max_length + 1):]). A context with several continuations (the choices of a
-question) is run once into a KV cache and its continuations against it
-(`phi4_jax.inference.scoring.shared_prefix_logprobs`); batches hold contexts of one shape bucket
-and pad to that bucket's largest batch, so each bucket compiles one program. A context with one
-continuation (perplexity windows) is scored as a whole row (`token_logprobs`), rows
-deduplicated, sorted longest first, `batch_size` per pass. Per-token log-probs are summed in
-float64. A pair's score depends on its own tokens and its bucket's program, not on what else
-is in its batch (docs/eval.md: "Scoring in process").
+`LocalLM` scores pairs (after lm-eval's left truncation: (context + continuation)[-(max_length
++ 1):]) as tries (`phi4_jax.inference.trie`): rows of up to `trie_max_len` tokens are sorted
+and packed so that every distinct prefix runs through the model once (a question's context
+once for all its choices, the choices' common tokens once, the opening words or few-shot
+examples that neighbouring questions share once per packed row), and only positions that predict
+a scored token are projected onto the vocabulary. A pass holds at most batch_size x the longest
+row's tokens (the activation memory of lm-eval's padded batch of batch_size rows), and at least
+4 packed rows; every pass
+of a row-length class pads to that class's largest shape, so each class compiles one program.
+Longer rows: a context with several continuations is run once into a KV cache and its
+continuations against it (`inference.scoring.shared_prefix_logprobs`), one of its own as a whole
+row (`token_logprobs`). Per-token log-probs are summed in float64. A pair's score depends on
+its own tokens and the program that runs it, not on the order of the requests (docs/eval.md:
+"Scoring in process").
 
 `RemoteLM` talks to an OpenAI-compatible server: vLLM's POST /tokenize (lm-eval's remote
 tokenizer; this project's server has it) and POST /v1/completions with token-id prompts,
@@ -39,6 +44,9 @@ Pair = tuple[list[int], list[int]]
 Ids = tuple[int, ...]
 Progress = Callable[[int], None]
 log = logging.getLogger(__name__)
+# A trie pass holds at least this many rows (512 tokens at the shortest row length): fewer
+# rows leave the matmuls too thin to be fast, and round differently from larger passes.
+_MIN_ROWS = 4
 
 
 class LM(Protocol):
@@ -105,7 +113,11 @@ class LocalLM:
         self.model, self.codec, self.name = served.model, served.codec, served.name
         self.batch_size, self.add_bos = max(int(batch_size), 1), add_bos
         self.compiles = 0  # XLA compiles during loglikelihood calls, all calls together
-        self.shapes: set[Any] = set()  # shared-prefix program shapes used so far
+        self.shapes: set[Any] = set()  # scoring program shapes used so far
+        self.trie_max_len = 512  # longer rows: the KV-cache or whole-row paths
+        # Real work so far: token passes through the blocks, positions projected on the vocab.
+        self.work = collections.Counter(block_tokens=0, vocab_rows=0)
+        self._trie_shapes: dict[int, Any] = {}  # row length -> largest program shape so far
         config = self.model.config
         self.max_length = int(config.max_seq_len)
         self.prefix_id = self.codec.bos_id if self.codec.bos_id is not None else self.codec.eos_id
@@ -135,8 +147,12 @@ class LocalLM:
         empty = len(pairs) - sum(len(ix) for ks in by_context.values() for ix in ks.values())
         if progress is not None and empty:
             progress(empty)  # nothing to score: 0
-        shared = {c: ks for c, ks in by_context.items() if len(ks) > 1}
-        alone = [(c, k) for c, ks in by_context.items() if len(ks) == 1 for k in ks]
+        short = [(c, k) for c, ks in by_context.items() for k in ks
+                 if len(c) + len(k) <= self.trie_max_len]
+        long = {c: {k: ix for k, ix in ks.items() if len(c) + len(k) > self.trie_max_len}
+                for c, ks in by_context.items()}
+        shared = {c: ks for c, ks in long.items() if len(ks) > 1}  # ks: the long ones only
+        alone = [(c, k) for c, ks in long.items() if len(ks) == 1 for k in ks]
         compiles = [0]
 
         def count(event: str, _secs: float, **_: Any) -> None:
@@ -144,15 +160,54 @@ class LocalLM:
 
         jax.monitoring.register_event_duration_secs_listener(count)
         try:
-            batches = self._score_shared(shared, out, progress)
+            batches = self._score_tries(short, by_context, out, progress)
+            batches += self._score_shared(shared, out, progress)
             batches += self._score_rows(alone, by_context, out, progress)
         finally:
             jax.monitoring.unregister_event_duration_listener(count)
         self.compiles += compiles[0]
-        log.info("%d pairs: %d shared contexts, %d whole rows, %d batches, %d compiles "
-                 "(%d program shapes so far)", len(pairs), len(shared), len(alone), batches,
-                 compiles[0], len(self.shapes))
+        log.info("%d pairs: %d in tries, %d shared long contexts, %d long rows, %d batches, "
+                 "%d compiles (%d program shapes so far)", len(pairs), len(short), len(shared),
+                 len(alone), batches, compiles[0], len(self.shapes))
         return out
+
+    def _score_tries(self, items: list[tuple[Ids, Ids]],
+                     by_context: dict[Ids, dict[Ids, list[int]]], out: list[float],
+                     progress: Progress | None) -> int:
+        """Rows of at most trie_max_len tokens, packed as tries (`inference.trie`), in classes
+        of row length (up to 128, 256, 512, ... tokens). Returns the number of passes."""
+        from phi4_jax.inference import trie
+
+        classes: dict[int, list[tuple[Ids, Ids]]] = collections.defaultdict(list)
+        for c, k in items:
+            classes[max(trie.ROW_MIN, 1 << (len(c) + len(k) - 1).bit_length())].append((c, k))
+        passes = 0
+        for _, group in sorted(classes.items()):
+            longest = max(len(c) + len(k) for c, k in group)
+            row_len = trie.row_length(longest)
+            packed = trie.pack([c + k for c, k in group], [len(c) for c, _ in group],
+                               rows_per_pass=max(_MIN_ROWS, self.batch_size * longest // row_len),
+                               row_len=row_len, shape=self._trie_shapes.get(row_len))
+            self._trie_shapes[row_len] = packed.shape
+            self.shapes.add(packed.shape)
+            in_pass: dict[int, list[int]] = collections.defaultdict(list)
+            for g, (k_pass, _, _) in enumerate(packed.reads):
+                in_pass[k_pass].append(g)
+            for k_pass, p in enumerate(packed.passes):
+                lp = trie.run_pass(self.model, p, packed.shape)
+                self.work.update(block_tokens=p.nodes, vocab_rows=len(p.parents))
+                done = 0
+                for g in in_pass[k_pass]:
+                    _, parent, child = packed.reads[g]
+                    total = float(lp[parent, child].astype(np.float64).sum())
+                    owners = by_context[group[g][0]][group[g][1]]
+                    for j in owners:
+                        out[j] = total
+                    done += len(owners)
+                if progress is not None:
+                    progress(done)
+            passes += len(packed.passes)
+        return passes
 
     def _score_rows(self, alone: list[tuple[Ids, Ids]],
                     by_context: dict[Ids, dict[Ids, list[int]]], out: list[float],
@@ -169,6 +224,7 @@ class LocalLM:
         for start in range(0, len(unique), self.batch_size):
             batch = unique[start:start + self.batch_size]
             lp = np.asarray(token_logprobs(self.model, [list(r) for r in batch]))
+            self.work.update(block_tokens=sum(map(len, batch)), vocab_rows=sum(map(len, batch)))
             done = 0
             for i, r in enumerate(batch):
                 for c, k in owners[r]:
@@ -225,6 +281,8 @@ class LocalLM:
             owner = [u for u, (_, _, ks) in enumerate(batch) for _ in ks]
             lp = shared_prefix_logprobs(self.model, contexts, conts, owner,
                                         shape=shapes[batch[0][0]])
+            self.work.update(block_tokens=sum(map(len, contexts)) + sum(map(len, conts)),
+                             vocab_rows=sum(map(len, conts)))
             r = 0
             for _, c, ks in batch:
                 for k in ks:

@@ -2,7 +2,9 @@
 
     decode.py      `generate` (prefill + KV-cache loop; `n` samples per shared prefill)
     loop.py        the pieces of the decode program (prefill, step, emit, while loop)
-    scoring.py     `token_logprobs`, `score`, `prompt_logprobs` (one forward pass)
+    scoring.py     `token_logprobs`, `score`, `prompt_logprobs` (one forward pass);
+                   `shared_prefix_logprobs` (continuations against their context's KV cache)
+    trie.py        `trie_logprobs`: rows packed as token tries, each distinct prefix run once
     sampling.py    `SamplingConfig`, `RowSampling` (per-row settings), `sample`, row keys
     packed.py      small models: packed per-layer weights, head-major prompt + generated cache
     engine.py      `Wave`: a batch decoded in segments (the server streams, stops, cancels)

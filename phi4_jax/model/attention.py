@@ -118,11 +118,12 @@ class Attention(nnx.Module):
         self.o = param(rngs, (n, h, d), (ax.HEADS, ax.HEAD_DIM, ax.EMBED), std=std, dtype=pdt)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 cache: KVCache | None = None, cache_slots: jax.Array | None = None
-                 ) -> tuple[jax.Array, KVCache | None]:
+                 cache: KVCache | None = None, cache_slots: jax.Array | None = None,
+                 mask: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
         """x [B,T,D]; positions/segment_ids [B,T].
 
-        Without a cache: causal + segment-masked self-attention over the T tokens.
+        Without a cache: causal + segment-masked self-attention over the T tokens, or, given
+        `mask` [B,T,T] (True = attend; segment_ids unused), exactly that mask (a token tree).
         With a cache: the T new keys/values are written at `cache_slots` [B,T] (slot == position)
         and the queries attend to every slot at or before their own.
         """
@@ -140,7 +141,9 @@ class Attention(nnx.Module):
         k = checkpoint_name(k, "key_proj")
         v = checkpoint_name(v, "value_proj")
 
-        if cache is None:
+        if cache is None and mask is not None:
+            out, new_cache = xla_attention(q, k, v, mask), None
+        elif cache is None:
             impl = resolve_impl(cfg)
             if impl == "splash":
                 from phi4_jax.model.splash import splash_attention

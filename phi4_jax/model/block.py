@@ -44,9 +44,9 @@ class Block(nnx.Module):
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
-                 cache: KVCache | None = None, cache_slots: jax.Array | None = None
-                 ) -> tuple[jax.Array, KVCache | None]:
-        h, cache = self.attn(self.attn_norm(x), positions, segment_ids, cache, cache_slots)
+                 cache: KVCache | None = None, cache_slots: jax.Array | None = None,
+                 mask: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+        h, cache = self.attn(self.attn_norm(x), positions, segment_ids, cache, cache_slots, mask)
         x = ax.constrain(x + h, _ACT)
         x = ax.constrain(x + self.mlp(self.mlp_norm(x)), _ACT)
         return x, cache

@@ -61,15 +61,20 @@ class Transformer(nnx.Module):
         return self.logits(self.hidden(tokens, positions, segment_ids))
 
     def hidden(self, tokens: jax.Array, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None) -> jax.Array:
-        """Final-norm hidden states [B, T, D] (the loss may project them in chunks)."""
+               segment_ids: jax.Array | None = None, *, mask: jax.Array | None = None
+               ) -> jax.Array:
+        """Final-norm hidden states [B, T, D] (the loss may project them in chunks).
+
+        `mask` [B, T, T] (True = attend), with `positions`, replaces the causal + segment mask:
+        a token tree packed in a row attends to its ancestors (`inference.scoring.trie_logprobs`).
+        """
         tokens = jnp.asarray(tokens, jnp.int32)
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
         if positions is None:
             positions = positions_from_segments(segment_ids)
         x = ax.constrain(self.embed(tokens), (ax.BATCH, ax.SEQ, ax.EMBED))
-        x, _ = self._run_blocks(x, positions, segment_ids, None, None)
+        x, _ = self._run_blocks(x, positions, segment_ids, None, None, mask)
         return self.final_norm(x)
 
     def logits(self, h: jax.Array) -> jax.Array:
@@ -106,7 +111,7 @@ class Transformer(nnx.Module):
         return self.final_norm(x), cache
 
     # -- the layer stack ----------------------------------------------------------------------
-    def _run_blocks(self, x, positions, segment_ids, cache: KVCache | None, slots):
+    def _run_blocks(self, x, positions, segment_ids, cache: KVCache | None, slots, mask=None):
         cfg = self.config
         graphdef, stacked = nnx.split(self.blocks)
 
@@ -115,7 +120,7 @@ class Transformer(nnx.Module):
             layer_state, layer = xs
             block = nnx.merge(graphdef, layer_state)
             if kv is None:
-                h, _ = block(h, positions, segment_ids)
+                h, _ = block(h, positions, segment_ids, mask=mask)
                 return (h, None), None
             view = _LayerView(kv, layer)
             h, new = block(h, positions, segment_ids, view.read(), slots)

@@ -1,12 +1,13 @@
-"""Multiple-choice scoring with a shared context prefill, on a tiny random model (float32).
+"""Multiple-choice scoring with shared contexts, on a tiny random model (float32).
 
     python -m pytest -q tests/eval/test_shared_prefix.py
 
 - `shared_prefix_logprobs` (each context run once into a KV cache, its continuations against
-  it) gives the per-token log-probs of whole rows (`token_logprobs`) to 1e-5 nats per token;
+  it; LocalLM's path for rows longer than its tries) gives the per-token log-probs of whole rows
+  (`token_logprobs`) to 1e-5 nats per token;
 - `LocalLM.loglikelihood` gives every pair the summed log-probs of its own whole row (shared
   contexts, single-continuation rows, duplicates, empty continuations, left truncation, more
-  choices than the batch size) to 1e-5 nats;
+  choices than the batch size) to 1e-5 nats, through tries and through the long-row paths;
 - one XLA compile per shape bucket, none when a second task has the same shapes;
 - a question's scores do not depend on its neighbours: shuffled examples give bit-identical
   scores at one batch size, and batch sizes 1, 3 and 32 agree to 1e-5.
@@ -55,9 +56,11 @@ def test_shared_prefill_equals_whole_rows(served):
     print(f"max |shared - whole row| = {worst:.2e} nats per token")
 
 
-def test_loglikelihood_equals_whole_rows_on_every_path(served):
+@pytest.mark.parametrize("trie_max_len", [512, 0], ids=["tries", "kv_cache_and_rows"])
+def test_loglikelihood_equals_whole_rows_on_every_path(served, trie_max_len):
     lm = LocalLM(served, batch_size=4)
     lm.max_length = 24
+    lm.trie_max_len = trie_max_len  # rows longer than this: the KV-cache and whole-row paths
     rng = np.random.default_rng(1)
     ids = lambda n: rng.integers(2, 258, n).tolist()
     question = ids(10)
