@@ -48,7 +48,10 @@ class TrieShape(NamedTuple):
 class Pass(NamedTuple):
     """One pass's inputs (numpy, unpadded in the parent dimension; `padded` pads them).
 
-    tokens, positions: int32 [rows, row_len]; mask: bool [rows, row_len, row_len];
+    tokens, positions: int32 [rows, row_len];
+    ends: int32 [rows, row_len]: one past the last node of each node's subtree. Sorted
+        sequences go in in depth-first order, so a subtree is the nodes [n, ends[n]) and node i
+        attends to node j exactly when j <= i < ends[j] (`mask`); padding: itself only;
     parents: int32 [P]: flat index row * row_len + node of each predicting position;
     targets: int32 [P, K]: the tokens it is scored on (padding -1);
     lengths: int32 [rows]: each row's real nodes (the rest is padding).
@@ -56,7 +59,7 @@ class Pass(NamedTuple):
 
     tokens: np.ndarray
     positions: np.ndarray
-    mask: np.ndarray
+    ends: np.ndarray
     parents: np.ndarray
     targets: np.ndarray
     lengths: np.ndarray
@@ -65,6 +68,19 @@ class Pass(NamedTuple):
     def nodes(self) -> int:
         """Real nodes in the pass: each one token's pass through the blocks."""
         return int(self.lengths.sum())
+
+    @property
+    def mask(self) -> np.ndarray:
+        """bool [rows, row_len, row_len]: node i attends to node j (itself and its ancestors)."""
+        return tree_mask(np, self.ends)
+
+
+def tree_mask(xp, ends):
+    """[rows, T, T] attention mask of depth-first laid-out tries from their subtree ends
+    [rows, T]: query i sees key j when j <= i < ends[j]. `xp`: numpy or jax.numpy."""
+    index = xp.arange(ends.shape[-1])
+    query, key = index[None, :, None], index[None, None, :]
+    return (key <= query) & (query < ends[:, None, :])
 
 
 class Packed(NamedTuple):
@@ -152,15 +168,13 @@ def pack(sequences: Sequence[Sequence[int]], starts: Sequence[int], *, rows_per_
     for chunk, kids in zip(passes_rows, children):
         tokens = np.zeros((b, row_len), np.int32)
         positions = np.zeros((b, row_len), np.int32)
-        mask = np.zeros((b, row_len, row_len), bool)
-        mask[:, np.arange(row_len), np.arange(row_len)] = True  # padding attends to itself
+        ends = np.broadcast_to(np.arange(1, row_len + 1, dtype=np.int32), (b, row_len)).copy()
         for r, (toks, depth, parent) in enumerate(chunk):
             tokens[r, :len(toks)] = toks
             positions[r, :len(toks)] = depth
-            for n, p in enumerate(parent):
-                if p >= 0:
-                    mask[r, n] = mask[r, p]
-                    mask[r, n, n] = True
+            for n in range(len(toks) - 1, 0, -1):  # children after parents: a reverse sweep
+                if parent[n] >= 0:
+                    ends[r, parent[n]] = max(ends[r, parent[n]], ends[r, n])
         parents = np.array(sorted(kids), np.int32)
         targets = np.full((len(parents), need.children), -1, np.int32)
         for row_index, flat in enumerate(parents):
@@ -169,7 +183,7 @@ def pack(sequences: Sequence[Sequence[int]], starts: Sequence[int], *, rows_per_
                 targets[row_index, slot] = chunk[r][0][n]
         lengths = np.zeros(b, np.int32)
         lengths[:len(chunk)] = [len(toks) for toks, _, _ in chunk]
-        passes.append(Pass(tokens, positions, mask, parents, targets, lengths))
+        passes.append(Pass(tokens, positions, ends, parents, targets, lengths))
 
     slot_of = [{int(f): s for s, f in enumerate(p.parents)} for p in passes]
     reads = []
@@ -189,7 +203,7 @@ def run_pass(model: Transformer, p: Pass, shape: TrieShape) -> np.ndarray:
     targets = np.zeros((shape.parents, shape.children), np.int32)
     targets[:len(p.targets), :p.targets.shape[1]] = np.maximum(p.targets, 0)
     graphdef, state = nnx.split(model)
-    out = _trie_jit(graphdef, state, p.tokens, p.positions, p.mask, parents, targets)
+    out = _trie_jit(graphdef, state, p.tokens, p.positions, p.ends, parents, targets)
     return np.asarray(out)[:len(p.parents)]
 
 
@@ -204,9 +218,9 @@ def trie_logprobs(model: Transformer, sequences: Sequence[Sequence[int]],
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _trie_jit(graphdef, state, tokens, positions, mask, parents, targets):
+def _trie_jit(graphdef, state, tokens, positions, ends, parents, targets):
     model = nnx.merge(graphdef, state)
-    hidden = model.hidden(tokens, positions, mask=mask)  # [B, T, D]
+    hidden = model.hidden(tokens, positions, mask=tree_mask(jnp, ends))  # [B, T, D]
     h = hidden.reshape(-1, hidden.shape[-1])[parents]  # [P, D]
     p, k = targets.shape
     chunk = min(_PICK_CHUNK, p)
