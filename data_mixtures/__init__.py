@@ -2,13 +2,16 @@
 are built on demand (see phi4_jax.data.mixture).
 
 Importing this package registers every mixture file here under its file name (`phi4_pretrain`,
-`embedded`, `ablation_more_web`, ...), so an experiment's `data.mixture = "phi4_pretrain"`
-resolves in `phi4_jax.data.mixture.load_mixture`; `experiments` and `launch` import it. The
-library itself never imports this package: a file path works without it.
+`embedded`, `ablation_more_web`, ...) and each ablation variant's smoke mixture
+(`ablation_smoke_more_web`: the embedded corpus under its weights), so an experiment's
+`data.mixture = "phi4_pretrain"` resolves in `phi4_jax.data.mixture.load_mixture`; `experiments`
+and `launch` import it. The library itself never imports this package: a file path works
+without it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 from phi4_jax.data.mixture import register_mixture
@@ -25,3 +28,9 @@ def names() -> list[str]:
 
 for _name in names():
     register_mixture(_name, f"{__name__}.{_name}")
+
+from data_mixtures import ablations  # noqa: E402 - after the files it registers beside
+
+for _variant in ablations.VARIANTS:
+    register_mixture(ablations.smoke_name(_variant),
+                     functools.partial(ablations.smoke_mixture, _variant))

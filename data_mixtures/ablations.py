@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from data_mixtures.phi4_pretrain import MIXTURE as TABLE_5_MIXTURE
 from data_mixtures.phi4_pretrain import TABLE_5
+from data_mixtures.phi4_pretrain import TOTAL_TOKENS as TABLE_5_TOKENS
 from phi4_jax.data.mixture import Mixture, Stage
 
 TOTAL_TOKENS = 1e12  # the ablation budget: 7B parameters, 1T tokens
@@ -66,3 +67,23 @@ def mixture(variant: str) -> Mixture:
     return TABLE_5_MIXTURE.replace(
         name=module(variant), total_tokens=TOTAL_TOKENS, stages=(Stage(weights(variant)),),
         description=f"7B / 1T-token mixture ablation: {variant} (derived from Table 5)")
+
+
+def smoke_name(variant: str) -> str:
+    """The registered name of a variant's smoke mixture (`ablation_7b_1t:smoke`)."""
+    weights(variant)  # validates the name
+    return f"ablation_smoke_{variant}"
+
+
+def smoke_mixture(variant: str, cache_dir: str) -> Mixture:
+    """The embedded offline corpus under the variant's weights: its five roles stand in for
+    Table 5's sources (unique tokens scaled as data_mixtures/embedded.py scales them), so
+    smoke runs of two variants differ by their mixture only. data_mixtures registers it as
+    `smoke_name(variant)`."""
+    from phi4_jax.data.embedded import embedded_mixture
+
+    share = weights(variant)
+    table = {role: (share[role], unique) for role, (_, unique) in TABLE_5.items()}
+    return embedded_mixture(cache_dir, table, reference_tokens=TABLE_5_TOKENS,
+                            name=smoke_name(variant),
+                            description=f"embedded corpus, ablation variant {variant}'s weights")

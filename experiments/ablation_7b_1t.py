@@ -12,8 +12,9 @@ and 1T tokens (data_mixtures/ablations.py TOTAL_TOKENS; train.steps derived: 42,
 
 Args: `mixture=VARIANT` (default table5), one of data_mixtures.ablations.VARIANTS: table5,
 uniform, more_web, synthetic_heavy, synthetic_only; `smoke` shrinks to the tiny model on the
-embedded corpus (whose weights are Table 5's for every variant: the smoke run checks the
-plumbing, the variant's weights need its stores).
+embedded corpus under the variant's weights (`ablation_smoke_<variant>`, registered by
+data_mixtures: its five roles stand in for Table 5's sources), so smoke runs of two variants
+differ by their mixture only.
 
 `sweep()` lists every variant's experiment spec, for a sweep launcher or a notebook:
 
@@ -38,7 +39,7 @@ def get_config(arg: str | None = None):
     c.data.mixture = ablations.module(args.mixture)
     token_budget(c, ablations.TOTAL_TOKENS)
     if args.smoke:
-        shrink(c)
+        shrink(c, mixture=ablations.smoke_name(args.mixture))
     return c
 
 

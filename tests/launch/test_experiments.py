@@ -132,7 +132,7 @@ def test_overrides_keep_the_token_budget(tmp_path):
     assert config.train.steps == 7 and config.train.init_from == "/runs/pre"
     config, _ = local.parse(["p", "--exp=ablation_7b_1t:mixture=synthetic_only,smoke",
                              f"--workdir={tmp_path}", "--exp.model.remat=none"])
-    assert config.data.mixture == "embedded" and config.model.remat == "none"
+    assert config.data.mixture == "ablation_smoke_synthetic_only" and config.model.remat == "none"
 
 
 def test_bad_arguments_and_fields_fail_before_compiling():
@@ -156,3 +156,12 @@ def test_parse_arg_and_shrink():
     assert c.model.preset == "tiny" and c.model.dtype == "float32"
     vocab_block = 16384 * model_of(c).vocab_size / c.train.loss_vocab_chunks
     assert vocab_block * 4 <= 256 * 2**20
+
+
+@pytest.mark.parametrize("variant", ["table5", "synthetic_only"])
+def test_ablation_smoke_reads_the_variants_weights(variant, tmp_path):
+    config = experiments.get_config(f"ablation_7b_1t:smoke,mixture={variant}")
+    assert config.data.mixture == f"ablation_smoke_{variant}"
+    mixture = load_mixture(config.data.mixture, cache_dir=str(tmp_path))
+    assert mixture.fractions() == pytest.approx(ablations.weights(variant))
+    assert set(mixture.fractions()) == set(TABLE_5)  # the embedded roles stand in
