@@ -13,8 +13,8 @@ once for all its choices, the choices' common tokens once, the opening words or 
 examples that neighbouring questions share once per packed row), and only positions that predict
 a scored token are projected onto the vocabulary. A pass holds at most batch_size x the longest
 row's tokens (the activation memory of lm-eval's padded batch of batch_size rows), and at least
-4 packed rows; every pass
-of a row-length class pads to that class's largest shape, so each class compiles one program.
+4 packed rows; every pass of a row-length class pads to that class's largest shape, so each
+class compiles one program.
 Longer rows: a context with several continuations is run once into a KV cache and its
 continuations against it (`inference.scoring.shared_prefix_logprobs`), one of its own as a whole
 row (`token_logprobs`). Per-token log-probs are summed in float64. A pair's score depends on
