@@ -1,6 +1,6 @@
 """Scoring many sequences that share prefixes: each distinct prefix runs through the model once.
 
-    trie_logprobs(model, sequences, starts, tokens_per_pass=...)
+    trie_logprobs(model, sequences, starts, rows_per_pass=4)
         # [log p(seq[j] | seq[:j]) for j >= starts[i]] per sequence, float32 numpy
 
 The sequences are sorted and inserted into tries, one trie per packed row of `row_len` tokens:
@@ -46,7 +46,7 @@ class TrieShape(NamedTuple):
 
 
 class Pass(NamedTuple):
-    """One pass's inputs (numpy, unpadded in the parent dimension; `padded` pads them).
+    """One pass's inputs (numpy, unpadded in the parent dimension; `run_pass` pads them).
 
     tokens, positions: int32 [rows, row_len];
     ends: int32 [rows, row_len]: one past the last node of each node's subtree. Sorted
@@ -92,20 +92,23 @@ class Packed(NamedTuple):
     reads: list[tuple[int, np.ndarray, np.ndarray]]
 
 
+def _to_eighth(n: int, smallest_step: int) -> int:
+    """n rounded up to a multiple of 1/8 of its power of two (at most an eighth of padding),
+    the step at least `smallest_step`."""
+    step = max(smallest_step, 1 << max((n - 1).bit_length() - 3, 0))
+    return -(-n // step) * step
+
+
 def row_length(longest: int) -> int:
     """The packed row length for sequences up to `longest` tokens: room for two of them (so
     questions that share a long few-shot prompt share it in a row), at least `ROW_MIN`, rounded
-    up to a multiple of 1/8 of its power of two (at most an eighth of padding)."""
-    n = max(2 * int(longest), ROW_MIN)
-    step = max(16, 1 << max((n - 1).bit_length() - 3, 0))
-    return -(-n // step) * step
+    up to an eighth of its power of two."""
+    return _to_eighth(max(2 * int(longest), ROW_MIN), 16)
 
 
 def parent_bucket(n: int) -> int:
-    """Predicting positions per pass pad to a multiple of 1/8 of their power of two (>= 8)."""
-    n = max(int(n), 8)
-    step = max(8, 1 << max((n - 1).bit_length() - 3, 0))
-    return -(-n // step) * step
+    """Predicting positions per pass pad to an eighth of their power of two (at least 8)."""
+    return _to_eighth(max(int(n), 8), 8)
 
 
 def pack(sequences: Sequence[Sequence[int]], starts: Sequence[int], *, rows_per_pass: int,
